@@ -1,0 +1,24 @@
+"""Validated settings objects.
+
+Every configurable component (solver, gradient mode, readout, gradient path, attack, ...) is a
+frozen pydantic dataclass: its constructor validates types and ranges and rejects unknown
+keyword arguments, so the same class is both the Python API and the schema of its section in a
+config file. Components that appear in a config under a ``name`` tag carry a
+``name: Literal[...]`` field used as the discriminator.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+T = TypeVar("T")
+
+
+def component(cls: type[T]) -> type[T]:
+    """Class decorator: a frozen, validated dataclass that rejects unknown arguments."""
+    return dataclass(config=SETTINGS)(cls)

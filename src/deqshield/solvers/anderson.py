@@ -1,0 +1,84 @@
+"""Anderson acceleration (type II, Walker & Ni 2011) for z = f(z).
+
+With the last h = min(n + 1, m) states z_{n-h+1..n} and their residuals g_i = f(z_i) - z_i,
+
+    alpha = argmin_{1^T alpha = 1} || sum_i alpha_i g_i ||^2 + reg * ||alpha||^2
+          = H^{-1} 1 / (1^T H^{-1} 1),      H = G G^T + reg * mean(diag(G G^T)) I,
+    z_{n+1} = beta * sum_i alpha_i f(z_i) + (1 - beta) * sum_i alpha_i z_i.
+
+With h = 1 this is the damped Picard step, so the first update needs no special case and every
+state, z_1 and z_2 included, is recorded. The Gram matrix G G^T is updated one row per step
+(O(m d) per step rather than O(m^2 d)). The regularisation (relative to the residual scale)
+keeps H invertible; where a sample's system is still singular or gives a non-finite alpha, that
+sample falls back to the damped Picard step from its newest state.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from deqshield.settings import component
+from deqshield.solvers.base import FixedPointSolver, FlatProblem, SolveRecorder
+
+
+@component
+class Anderson(FixedPointSolver):
+    """Anderson acceleration with memory ``memory``, mixing ``damping`` (beta) and
+    Tikhonov regularisation ``regularization`` (relative to the mean squared residual)."""
+
+    name: Literal["anderson"] = "anderson"
+    memory: Annotated[int, Field(ge=1)] = 5
+    damping: Annotated[float, Field(gt=0, le=1)] = 1.0
+    regularization: Annotated[float, Field(ge=0)] = 1e-6
+
+    def _iterate(self, f: FlatProblem, z: Tensor, rec: SolveRecorder) -> Tensor:
+        batch, dim = z.shape
+        m, beta = self.memory, self.damping
+        zs = z.new_zeros(batch, m, dim)
+        fs = z.new_zeros(batch, m, dim)
+        gs = z.new_zeros(batch, m, dim)
+        gram = z.new_zeros(batch, m, m)
+        rec.emit(z)
+        fz = f(z)
+        for n in range(self.max_iter):
+            if not rec.observe(z, fz):
+                return z
+            slot, h = n % m, min(n + 1, m)
+            zs[:, slot], fs[:, slot] = z, fz
+            gs[:, slot] = fz - z
+            row = torch.bmm(gs[:, :h], gs[:, slot, :, None]).squeeze(-1)
+            gram[:, slot, :h] = row
+            gram[:, :h, slot] = row
+            alpha = self._weights(gram[:, :h, :h], slot)
+            mixed_f = torch.bmm(alpha[:, None], fs[:, :h]).squeeze(1)
+            z_new = mixed_f if beta == 1.0 else (
+                beta * mixed_f + (1 - beta) * torch.bmm(alpha[:, None], zs[:, :h]).squeeze(1))
+            z = rec.advance(z, z_new)
+            rec.emit(z)
+            if n + 1 < self.max_iter or self.final_residual:
+                fz = f(z)
+        if self.final_residual:
+            rec.observe(z, fz)
+        else:
+            rec.skip_final()
+        return z
+
+    def _weights(self, gram: Tensor, newest: int) -> Tensor:
+        """Mixing weights alpha (B, h) summing to one; Picard weights where the system fails."""
+        batch, h, _ = gram.shape
+        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+        eye = torch.eye(h, dtype=gram.dtype, device=gram.device)
+        system = gram + (self.regularization * scale)[:, None, None] * eye
+        ones = gram.new_ones(batch, h, 1)
+        sol, info = torch.linalg.solve_ex(system, ones)
+        sol = sol.squeeze(-1)
+        total = sol.sum(dim=1, keepdim=True)
+        alpha = sol / total
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1) & (total.squeeze(1).abs() > 1e-30)
+        picard = torch.zeros_like(alpha)
+        picard[:, newest] = 1.0
+        return torch.where(ok[:, None], alpha, picard)

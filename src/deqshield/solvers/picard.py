@@ -1,0 +1,43 @@
+"""Damped fixed-point (Picard / Krasnosel'skii-Mann) iteration.
+
+    z_{n+1} = (1 - lambda) z_n + lambda f(z_n),      z_0 given,
+
+which is the forward pass of a weight-tied, input-injected network (Eq. 1 of
+closer-look-neurips22) for lambda = 1, and the damped unrolling of its Eq. 6 / Eq. 16 otherwise.
+It converges for any lambda in (0, 1] when f is a contraction.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+from torch import Tensor
+
+from deqshield.settings import component
+from deqshield.solvers.base import FixedPointSolver, FlatProblem, SolveRecorder
+
+
+@component
+class Picard(FixedPointSolver):
+    """Damped fixed-point iteration with damping ``damping`` (lambda in (0, 1])."""
+
+    name: Literal["picard"] = "picard"
+    damping: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    def _iterate(self, f: FlatProblem, z: Tensor, rec: SolveRecorder) -> Tensor:
+        lam = self.damping
+        rec.emit(z)
+        fz = f(z)
+        for n in range(self.max_iter):
+            if not rec.observe(z, fz):
+                return z
+            z = rec.advance(z, fz if lam == 1.0 else z + lam * (fz - z))
+            rec.emit(z)
+            if n + 1 < self.max_iter or self.final_residual:
+                fz = f(z)
+        if self.final_residual:
+            rec.observe(z, fz)
+        else:
+            rec.skip_final()
+        return z
