@@ -1,22 +1,15 @@
 """Crash-safe training checkpoints: tensors in safetensors, everything else in JSON.
 
-Layout of a run directory::
+``run_dir/checkpoints/`` holds ``index.json`` (``latest``, ``best`` and the ``retained`` names)
+and one directory per checkpoint, e.g. ``step-00000123/`` with ``model.safetensors``,
+``optimizer.safetensors``, ``scheduler.safetensors``, ``rng.safetensors`` and ``meta.json``
+(format version, step, epoch, config, metrics, sha256 of each tensor file, non-tensor state).
 
-    run_dir/checkpoints/
-        index.json                 {"latest": name, "best": name | null, "retained": [names]}
-        step-00000123/
-            model.safetensors      model.state_dict()
-            optimizer.safetensors  tensors of optimizer.state_dict(), keyed by path
-            scheduler.safetensors  tensors of scheduler.state_dict() (usually none)
-            rng.safetensors        torch CPU, CUDA and extra generator states
-            meta.json              format version, step, epoch, config, metrics, the sha256 of
-                                   each .safetensors file and the non-tensor part of each state
-
-A checkpoint is written into a hidden temporary sibling directory, fsynced and renamed into
-place; only then is ``index.json`` replaced (temporary file, fsync, ``os.replace``).  A kill at
-any moment therefore leaves ``index.json`` naming complete checkpoints only.  Directories it does
-not name are leftovers of an interrupted save and are deleted by the next save, so a run
-directory must have a single writer.  Loading reads safetensors and JSON: nothing is unpickled.
+A checkpoint is written into a hidden staging directory, fsynced and renamed into place; only
+then is ``index.json`` replaced (staging file, fsync, ``os.replace``).  A kill at any moment so
+leaves ``index.json`` naming complete checkpoints only; whatever it does not name is a leftover
+of an interrupted save and is deleted by the next save, so a run directory must have a single
+writer.  Loading reads safetensors and JSON only: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -30,31 +23,25 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
+from torch.optim.lr_scheduler import LRScheduler
 
 from deqshield.errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _WEIGHTS_METADATA_KEY = "deqshield"
-
-
-class SupportsStateDict(Protocol):
-    """Anything with ``state_dict``/``load_state_dict``, e.g. a learning-rate scheduler."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+Generators = Mapping[str, torch.Generator]
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What :func:`load_checkpoint` restored, besides the objects it loaded in place."""
+    """What :func:`load_checkpoint` returns besides the objects it restored in place."""
 
     path: Path
     step: int
@@ -63,8 +50,8 @@ class CheckpointInfo:
     metrics: dict[str, Any]
 
 
-def capture_rng_state(extra_generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Return the state of ``random``, ``numpy.random``, torch (CPU and CUDA) and ``extra_generators``."""
+def capture_rng_state(extra_generators: Generators | None = None) -> dict[str, Any]:
+    """Return the states of ``random``, ``numpy.random``, torch (CPU, CUDA) and extra generators."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
     return {
@@ -76,23 +63,23 @@ def capture_rng_state(extra_generators: Mapping[str, torch.Generator] | None = N
     }
 
 
-def restore_rng_state(state: Mapping[str, Any], extra_generators: Mapping[str, torch.Generator] | None = None) -> None:
-    """Restore a state from :func:`capture_rng_state`, including into ``extra_generators`` by name.
+def restore_rng_state(state: Mapping[str, Any], extra_generators: Generators | None = None) -> None:
+    """Restore a :func:`capture_rng_state` result, extra generators matched by name.
 
     CUDA states are restored only when as many CUDA devices are visible as were saved, so a GPU
     checkpoint still loads on a CPU-only machine.
     """
-    missing = sorted(set(extra_generators or {}) - set(state["generators"]))
-    if missing:
-        raise CheckpointError(f"no RNG state saved for generators {missing}; saved: {sorted(state['generators'])}")
+    extra_generators = extra_generators or {}
+    if missing := sorted(extra_generators.keys() - state["generators"].keys()):
+        saved = sorted(state["generators"])
+        raise CheckpointError(f"no RNG state saved for generators {missing}; saved: {saved}")
     random.setstate(state["python"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {**numpy_state["state"], "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32)}
-    np.random.set_state(numpy_state)
+    key = np.asarray(state["numpy"]["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**state["numpy"], "state": {**state["numpy"]["state"], "key": key}})
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-    for name, generator in (extra_generators or {}).items():
+    for name, generator in extra_generators.items():
         generator.set_state(state["generators"][name])
 
 
@@ -101,20 +88,21 @@ def save_checkpoint(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    scheduler: SupportsStateDict | None = None,
+    scheduler: LRScheduler | None = None,
     step: int,
     epoch: int,
     config: Mapping[str, Any],
     metrics: Mapping[str, Any],
     is_best: bool = False,
     keep_last: int = 2,
-    extra_generators: Mapping[str, torch.Generator] | None = None,
+    extra_generators: Generators | None = None,
 ) -> Path:
     """Atomically write a checkpoint under ``run_dir/checkpoints`` and return its directory.
 
-    The newest ``keep_last`` checkpoints are kept, plus the one last saved with ``is_best``.
+    The newest ``keep_last`` checkpoints are kept, plus the latest one saved with ``is_best``.
     ``config``, ``metrics`` and the scheduler state must be JSON-able (tuples and int keys are
-    fine); otherwise :class:`InputError` names the offending value and nothing is written.
+    fine; tensors only in the scheduler state); otherwise :class:`InputError` names the
+    offending value and nothing is written.
     """
     if keep_last < 1:
         raise InputError(f"keep_last must be at least 1, got {keep_last}")
@@ -138,25 +126,34 @@ def save_checkpoint(
         "sha256": {file: hashlib.sha256(data).hexdigest() for file, data in files.items()},
         "state": skeletons,
     }
+    files["meta.json"] = json.dumps(meta, indent=1).encode()
+
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     index = _read_index(root)
     _remove_unreferenced(root, index)
-    name = _unused_name(root, f"step-{int(step):08d}")
+    name = base = f"step-{int(step):08d}"
+    suffix = 0
+    while (root / name).exists():
+        suffix += 1
+        name = f"{base}-{suffix}"
     staging = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         for file, data in files.items():
             _write_durably(staging / file, data)
-        _write_durably(staging / "meta.json", json.dumps(meta, indent=1).encode())
         _fsync_directory(staging)
         os.replace(staging, root / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_directory(root)
-    retained = [*index["retained"], name][-keep_last:]
-    index = {"format_version": FORMAT_VERSION, "latest": name, "best": name if is_best else index["best"], "retained": retained}
+    index = {
+        "format_version": FORMAT_VERSION,
+        "latest": name,
+        "best": name if is_best else index["best"],
+        "retained": [*index["retained"], name][-keep_last:],
+    }
     _replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
     _remove_unreferenced(root, index)
     return root / name
@@ -177,14 +174,14 @@ def load_checkpoint(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    scheduler: SupportsStateDict | None = None,
+    scheduler: LRScheduler | None = None,
     which: Literal["latest", "best"] = "latest",
     restore_rng: bool = True,
-    extra_generators: Mapping[str, torch.Generator] | None = None,
+    extra_generators: Generators | None = None,
 ) -> CheckpointInfo:
     """Load a checkpoint directory, or the ``which`` checkpoint of a run directory, in place.
 
-    Every file is checked against its sha256 and the model keys and shapes are checked before
+    All files are checked against their sha256, and model keys and shapes are checked, before
     anything is modified.  Tensors are read on the CPU; ``load_state_dict`` moves them to the
     device of the model and optimizer.  Raises :class:`CheckpointError` on any problem.
     """
@@ -198,7 +195,10 @@ def load_checkpoint(
         path = found
     meta, tensors = _read_checkpoint(path)
     _check_model_keys(model, tensors["model"], path / "model.safetensors")
-    states = {name: _from_json(meta["state"][name], tensors[name], path / f"{name}.safetensors") for name in meta["state"]}
+    states = {
+        name: _from_json(skeleton, tensors[name], path / f"{name}.safetensors")
+        for name, skeleton in meta["state"].items()
+    }
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None and name not in states:
             raise CheckpointError(f"{path} holds no {name} state")
@@ -206,27 +206,25 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict(states["optimizer"])
         except ValueError as error:
-            raise CheckpointError(f"{path / 'optimizer.safetensors'} does not match the optimizer: {error}") from error
+            raise CheckpointError(f"{path} does not match the optimizer: {error}") from error
     model.load_state_dict(tensors["model"])
     if scheduler is not None:
         scheduler.load_state_dict(states["scheduler"])
     if restore_rng:
         restore_rng_state(states["rng"], extra_generators)
-    return CheckpointInfo(
-        path=path,
-        step=meta["step"],
-        epoch=meta["epoch"],
-        config=_from_json(meta["config"], {}, path / "meta.json"),
-        metrics=_from_json(meta["metrics"], {}, path / "meta.json"),
-    )
+    config = _from_json(meta["config"], {}, path / "meta.json")
+    metrics = _from_json(meta["metrics"], {}, path / "meta.json")
+    return CheckpointInfo(path, meta["step"], meta["epoch"], config, metrics)
 
 
-def save_weights(path: str | os.PathLike[str], model: torch.nn.Module, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Atomically export the model weights as one safetensors file with JSON ``metadata``."""
+def save_weights(
+    path: str | os.PathLike[str], model: torch.nn.Module, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Atomically export the model weights as one safetensors file carrying JSON ``metadata``."""
     encoded = json.dumps(_to_json(dict(metadata or {}), "metadata", None))
-    path = Path(path)
-    _replace_atomically(path, safetensors.torch.save(_tensor_copies(model), metadata={_WEIGHTS_METADATA_KEY: encoded}))
-    return path
+    data = safetensors.torch.save(_tensor_copies(model), metadata={_WEIGHTS_METADATA_KEY: encoded})
+    _replace_atomically(Path(path), data)
+    return Path(path)
 
 
 def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
@@ -237,7 +235,7 @@ def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[s
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     encoded = header.get("__metadata__", {}).get(_WEIGHTS_METADATA_KEY)
     if encoded is None:
-        raise CheckpointError(f"{path} was not written by save_weights (no {_WEIGHTS_METADATA_KEY!r} metadata)")
+        raise CheckpointError(f"{path} has no {_WEIGHTS_METADATA_KEY!r} metadata: not from save_weights")
     _check_model_keys(model, tensors, path)
     model.load_state_dict(tensors)
     return _from_json(json.loads(encoded), {}, path)
@@ -253,11 +251,10 @@ def _contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _to_json(value: Any, where: str, tensors: dict[str, torch.Tensor] | None) -> Any:
-    """Encode ``value`` as JSON data; tensors move into ``tensors`` keyed by their dotted path.
+    """Encode ``value`` as JSON data, moving tensors into ``tensors`` keyed by their dotted path.
 
-    Tuples, tensors and dicts with non-string keys (or a lone key that looks like a tag) become
-    single-key tagged objects that :func:`_from_json` turns back into the original value.
-    ``tensors=None`` means tensors are not allowed here.
+    Tensors, tuples and dicts with int keys (or a lone tag-like key) become single-key tagged
+    objects that :func:`_from_json` decodes.  ``tensors=None`` forbids tensors.
     """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -265,7 +262,7 @@ def _to_json(value: Any, where: str, tensors: dict[str, torch.Tensor] | None) ->
         return value.item()
     if isinstance(value, torch.Tensor):
         if tensors is None:
-            raise InputError(f"{where} is a tensor; store a plain number (tensor.item()) or list instead")
+            raise InputError(f"{where} is a tensor; store a number (tensor.item()) or a list")
         if where in tensors:
             raise InputError(f"{where} names two different tensors")
         tensors[where] = _contiguous_copy(value)
@@ -275,11 +272,11 @@ def _to_json(value: Any, where: str, tensors: dict[str, torch.Tensor] | None) ->
         return {_TUPLE: items} if isinstance(value, tuple) else items
     if isinstance(value, dict):
         if not all(isinstance(key, (str, int)) for key in value):
-            raise InputError(f"{where} has dict keys that are neither str nor int: {list(value)!r}")
-        plain = all(isinstance(key, str) for key in value) and not (len(value) == 1 and next(iter(value)) in (_TENSOR, _TUPLE, _ITEMS))
-        if plain:
-            return {key: _to_json(item, f"{where}.{key}", tensors) for key, item in value.items()}
-        return {_ITEMS: [[key, _to_json(item, f"{where}.{key}", tensors)] for key, item in value.items()]}
+            raise InputError(f"{where} has dict keys that are neither str nor int: {list(value)}")
+        encoded = {key: _to_json(item, f"{where}.{key}", tensors) for key, item in value.items()}
+        if all(isinstance(key, str) for key in value) and not (encoded.keys() & {_TENSOR, _TUPLE, _ITEMS}):
+            return encoded
+        return {_ITEMS: [[key, item] for key, item in encoded.items()]}
     raise InputError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store as JSON")
 
 
@@ -289,51 +286,52 @@ def _from_json(value: Any, tensors: Mapping[str, torch.Tensor], source: Path) ->
         return [_from_json(item, tensors, source) for item in value]
     if not isinstance(value, dict):
         return value
-    if len(value) == 1:
-        tag, payload = next(iter(value.items()))
-        if tag == _TENSOR:
-            if payload not in tensors:
-                raise CheckpointError(f"{source} lacks tensor {payload!r} named in meta.json")
-            return tensors[payload]
-        if tag == _TUPLE:
-            return tuple(_from_json(item, tensors, source) for item in payload)
-        if tag == _ITEMS:
-            return {key: _from_json(item, tensors, source) for key, item in payload}
+    tag, payload = next(iter(value.items())) if len(value) == 1 else (None, None)
+    if tag == _TENSOR:
+        if payload not in tensors:
+            raise CheckpointError(f"{source} lacks tensor {payload!r} named in meta.json")
+        return tensors[payload]
+    if tag == _TUPLE:
+        return tuple(_from_json(item, tensors, source) for item in payload)
+    if tag == _ITEMS:
+        return {key: _from_json(item, tensors, source) for key, item in payload}
     return {key: _from_json(item, tensors, source) for key, item in value.items()}
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """Read meta.json and every tensor file it lists, verifying their sha256."""
+    """Read meta.json and each tensor file it lists (keyed by stem), verifying their sha256."""
     meta = _read_json(path / "meta.json")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path / 'meta.json'} has unknown format version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
-    if "model.safetensors" not in meta.get("sha256", {}) or not isinstance(meta.get("state"), dict):
-        raise CheckpointError(f"{path / 'meta.json'} is malformed: no model file or state listed")
+        version = meta.get("format_version")
+        raise CheckpointError(f"{path / 'meta.json'} has unknown format version {version!r}")
     tensors = {}
-    for file, digest in meta["sha256"].items():
+    for file, digest in meta.get("sha256", {}).items():
         data = _read_bytes(path / file)
         if hashlib.sha256(data).hexdigest() != digest:
-            raise CheckpointError(f"{path / file} is corrupt or truncated: its sha256 does not match meta.json")
+            raise CheckpointError(f"{path / file} is corrupt or truncated: sha256 mismatch")
         tensors[file.removesuffix(".safetensors")] = _parse_safetensors(data, path / file)
+    state = meta.get("state", {})
+    if "rng" not in state or tensors.keys() != {"model", *state}:
+        raise CheckpointError(f"{path / 'meta.json'} is malformed: it lists the wrong files")
     return meta, tensors
 
 
 def _check_model_keys(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or wrongly shaped key."""
     expected = model.state_dict()
-    problems = []
-    if missing := sorted(expected.keys() - tensors.keys()):
-        problems.append(f"missing keys {missing}")
-    if unexpected := sorted(tensors.keys() - expected.keys()):
-        problems.append(f"unexpected keys {unexpected}")
     wrong = [
         f"{key} (file {tuple(tensors[key].shape)}, model {tuple(expected[key].shape)})"
         for key in sorted(expected.keys() & tensors.keys())
         if tensors[key].shape != expected[key].shape
     ]
-    if wrong:
-        problems.append(f"wrong shapes {wrong}")
-    if problems:
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    problems = {
+        "missing keys": sorted(expected.keys() - tensors.keys()),
+        "unexpected keys": sorted(tensors.keys() - expected.keys()),
+        "wrong shapes": wrong,
+    }
+    if any(problems.values()):
+        details = "; ".join(f"{kind} {keys}" for kind, keys in problems.items() if keys)
+        raise CheckpointError(f"{source} does not match the model: {details}")
 
 
 def _parse_safetensors(data: bytes, source: Path) -> dict[str, torch.Tensor]:
@@ -363,7 +361,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_index(root: Path) -> dict[str, Any]:
-    """Read ``index.json`` of a checkpoints directory; an absent index means no checkpoints."""
+    """Read ``root/index.json``; no index means no checkpoints yet."""
     if not (root / "index.json").exists():
         return {"format_version": FORMAT_VERSION, "latest": None, "best": None, "retained": []}
     index = _read_json(root / "index.json")
@@ -378,7 +376,7 @@ def _indexed_checkpoint(run_dir: Path, which: Literal["latest", "best"]) -> Path
 
 
 def _remove_unreferenced(root: Path, index: Mapping[str, Any]) -> None:
-    """Delete staging leftovers and checkpoints that ``index`` no longer names."""
+    """Delete staging leftovers and the checkpoints that ``index`` does not name."""
     referenced = {*index["retained"], index["best"]}
     for entry in root.iterdir():
         if entry.name.startswith(".tmp-") or (entry.name.startswith("step-") and entry.name not in referenced):
@@ -386,15 +384,6 @@ def _remove_unreferenced(root: Path, index: Mapping[str, Any]) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-
-def _unused_name(root: Path, base: str) -> str:
-    """``base``, or ``base-1``, ``base-2``... when a kept checkpoint already has that step."""
-    name, suffix = base, 0
-    while (root / name).exists():
-        suffix += 1
-        name = f"{base}-{suffix}"
-    return name
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -405,7 +394,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def _fsync_directory(path: Path) -> None:
-    """Make renames and creations inside ``path`` durable (a no-op where directories cannot be opened)."""
+    """Make entries created or renamed in ``path`` durable (POSIX only)."""
     if os.name != "posix":
         return
     fd = os.open(path, os.O_RDONLY)

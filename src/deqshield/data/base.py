@@ -60,9 +60,13 @@ class ArrayDataset(torch.utils.data.Dataset):
             raise InputError(
                 f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
             )
-        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < self.num_classes:
+        if len(self.labels) == 0:
+            return
+        low_label, high_label = torch.aminmax(self.labels)
+        if low_label < 0 or high_label >= self.num_classes:
             raise InputError(f"{self.name}: labels outside [0, {self.num_classes})")
-        if len(self.images) and not 0.0 <= float(self.images.min()) <= float(self.images.max()) <= 1.0:
+        low_value, high_value = torch.aminmax(self.images)
+        if low_value < 0.0 or high_value > 1.0:
             raise InputError(f"{self.name}: image values outside [0, 1]")
 
     @property
@@ -144,7 +148,7 @@ def read_verified(path: Path, expected_md5: str) -> bytes:
 
 
 def to_unit_float(pixels: np.ndarray, max_value: float = 255.0) -> torch.Tensor:
-    """Convert an ``(N, C, H, W)`` array of pixel values in ``[0, max_value]`` to float32 in [0, 1]."""
+    """Convert an ``(N, C, H, W)`` array of values in ``[0, max_value]`` to float32 in [0, 1]."""
     writable = np.require(pixels, requirements=["C", "W"])
     return torch.from_numpy(writable).to(torch.float32).div_(max_value)
 

@@ -82,7 +82,10 @@ def _fetch_verified(url: str, destination: Path, md5: str, progress: bool) -> No
     temporary = Path(temporary_name)
     try:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(handle, "wb") as sink, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+        with (
+            os.fdopen(handle, "wb") as sink,
+            urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response,
+        ):
             total = response.headers.get("Content-Length")
             with tqdm(
                 total=int(total) if total else None,

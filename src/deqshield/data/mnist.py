@@ -124,10 +124,13 @@ def load_idx_dataset(
         for filename in required:
             download_file(filename, directory, MD5SUMS[name][filename], mirrors or MIRRORS[name])
     images_path, labels_path = (directory / filename for filename in required)
-    images = parse_idx_images(read_verified(images_path, MD5SUMS[name][images_path.name]), images_path)
-    labels = parse_idx_labels(read_verified(labels_path, MD5SUMS[name][labels_path.name]), labels_path)
+    md5sums = MD5SUMS[name]
+    images = parse_idx_images(read_verified(images_path, md5sums[images_path.name]), images_path)
+    labels = parse_idx_labels(read_verified(labels_path, md5sums[labels_path.name]), labels_path)
     if len(images) != len(labels):
-        raise DataError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path}")
+        raise DataError(
+            f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path}"
+        )
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise DataError(f"{labels_path}: label {int(labels.max())} outside 0..{NUM_CLASSES - 1}")
     return ArrayDataset(

@@ -108,6 +108,7 @@ class SolveRecorder:
         self.abs_rows: list[Tensor] = []
         self.rel_rows: list[Tensor] = []
         self.states: list[Tensor] = []
+        self.initial = z0_flat
         self.best = z0_flat
         self.best_residual = torch.full((batch,), float("inf"), device=z0_flat.device,
                                         dtype=z0_flat.dtype)
@@ -152,6 +153,7 @@ class SolveRecorder:
         rel_residual = torch.stack(self.rel_rows)
         last = rel_residual[-1] if self.stop_mode == "rel" else abs_residual[-1]
         return Trajectory(
+            initial=self.problem.unflatten(self.initial),
             final=self.problem.unflatten(z),
             abs_residual=abs_residual,
             rel_residual=rel_residual,

@@ -26,6 +26,7 @@ class Trajectory:
     """States and residuals of one batched solve.
 
     Attributes:
+        initial: the initial state z_0 (always kept).
         final: the returned state z_T, shape (B, *state_shape).
         abs_residual: (T + 1, B) absolute residual of z_0..z_T; NaN where it was not evaluated
             (only the last row, when the solver was asked not to evaluate it).
@@ -38,6 +39,7 @@ class Trajectory:
         tol: the tolerance the solve used, and ``stop_mode`` which residual it applied to.
     """
 
+    initial: Tensor
     final: Tensor
     abs_residual: Tensor
     rel_residual: Tensor

@@ -1,0 +1,71 @@
+"""The DEQ layer: z* = f_theta(z*; u), solved as a trajectory, differentiated by a gradient mode.
+
+A *cell* is an ``nn.Module`` computing f_theta(z, u) for a state z of shape (B, *state_shape) and
+an input injection u (whatever the cell's injection module produced). ``DEQLayer`` runs the
+forward solver without autograd (so memory does not grow with the number of steps), then hands
+the trajectory to a gradient mode (``Implicit``, ``Phantom`` or ``Backprop``) that attaches the
+backward pass. The trajectory of raw iterates z_0..z_T is returned with the state so that
+readouts (defenses) and gradient paths (attacks) can use the intermediate states.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from deqshield.gradients import GradientMode, Phantom
+from deqshield.solvers import FixedPointSolver, Picard, Trajectory
+from deqshield.solvers.base import StateCallback
+
+
+class DEQCell(nn.Module):
+    """Base class of cells f_theta(z, u). Subclasses implement ``forward`` and may override
+    ``initial_state`` (zeros of the state shape by default)."""
+
+    def forward(self, z: Tensor, u: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_shape(self, u: Tensor) -> tuple[int, ...]:
+        """Shape of one sample's state for injection u (default: the injection's shape)."""
+        return tuple(u.shape[1:])
+
+    def initial_state(self, u: Tensor) -> Tensor:
+        """z_0 = 0, as in the papers."""
+        return u.new_zeros((u.shape[0], *self.state_shape(u)))
+
+
+class DEQLayer(nn.Module):
+    """Equilibrium layer with a forward ``solver`` and a training-gradient ``gradient`` mode.
+
+    Both are settings objects and may be swapped at any time (e.g. more solver steps at test
+    time, or the exact gradient for an attack): ``layer.solver = Anderson(max_iter=50)``.
+    """
+
+    def __init__(self, cell: DEQCell, solver: Optional[FixedPointSolver] = None,
+                 gradient: Optional[GradientMode] = None):
+        super().__init__()
+        self.cell = cell
+        self.solver: FixedPointSolver = solver or Picard(max_iter=30)
+        self.gradient: GradientMode = gradient or Phantom()
+
+    def bind(self, u: Tensor):
+        """The map z -> f_theta(z, u) with the injection bound in."""
+        return lambda z: self.cell(z, u)
+
+    def solve(self, u: Tensor, *, solver: Optional[FixedPointSolver] = None,
+              record_states: bool = False, callback: Optional[StateCallback] = None,
+              z0: Optional[Tensor] = None) -> Trajectory:
+        """Run the forward solver (no autograd) and return its trajectory."""
+        start = self.cell.initial_state(u) if z0 is None else z0
+        return (solver or self.solver).solve(self.bind(u.detach()), start,
+                                             record_states=record_states, callback=callback)
+
+    def forward(self, u: Tensor, *, record_states: bool = False,
+                callback: Optional[StateCallback] = None) -> tuple[Tensor, Trajectory]:
+        """The equilibrium with the gradient mode attached, and the forward trajectory."""
+        trajectory = self.solve(u, record_states=record_states, callback=callback)
+        if not torch.is_grad_enabled():
+            return trajectory.final, trajectory
+        return self.gradient.attach(self.bind(u), trajectory), trajectory

@@ -1,0 +1,29 @@
+"""The training-gradient interface of a DEQ layer.
+
+The forward solve runs without autograd (memory O(1) in the number of steps) and yields a
+trajectory. A gradient mode then returns a tensor ``z`` with the value of the equilibrium
+(or its unrolled refinement) whose backward pass implements one way of differentiating through
+the fixed point. ``f`` is the cell with the input injection bound in, ``f(z) = f_theta(z; x)``,
+built so that autograd reaches the parameters theta and the input x.
+
+Nothing here looks at ``module.training``: gradients exist in eval mode, where attacks run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from deqshield.solvers.trajectory import Trajectory
+
+CellFn = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class GradientMode(Protocol):
+    """Attach a differentiable equilibrium to a solved trajectory."""
+
+    def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
+        """Return z (shape of ``trajectory.final``) carrying this mode's gradient."""
+        ...

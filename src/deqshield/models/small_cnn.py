@@ -1,0 +1,48 @@
+"""An explicit convolutional baseline of about the size of the small DEQs.
+
+conv3x3(c_1) -> ReLU -> [conv3x3 stride 2 (c_i) -> ReLU]_{i>1} -> AvgPool_p -> Linear.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Sequence
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from deqshield.models.base import Classifier
+from deqshield.settings import component
+
+
+class SmallCNNNet(Classifier):
+    """The network built by :class:`SmallCNN`."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int,
+                 channels: Sequence[int], pool: int):
+        super().__init__(input_shape, num_classes)
+        layers: list[nn.Module] = []
+        previous = self.input_shape[0]
+        for index, width in enumerate(channels):
+            layers += [nn.Conv2d(previous, width, 3, stride=1 if index == 0 else 2, padding=1),
+                       nn.ReLU()]
+            previous = width
+        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
+                   nn.Linear(previous * pool ** 2, num_classes)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.layers(x)
+
+
+@component
+class SmallCNN:
+    """Settings of the explicit CNN baseline."""
+
+    name: Literal["small-cnn"] = "small-cnn"
+    channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = \
+        [16, 16]
+    pool: Annotated[int, Field(ge=1)] = 4
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> SmallCNNNet:
+        return SmallCNNNet(input_shape, num_classes, self.channels, self.pool)
