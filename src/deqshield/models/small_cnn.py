@@ -40,8 +40,7 @@ class SmallCNN:
     """Settings of the explicit CNN baseline."""
 
     name: Literal["small-cnn"] = "small-cnn"
-    channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = \
-        [16, 16]
+    channels: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (16, 16)
     pool: Annotated[int, Field(ge=1)] = 4
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> SmallCNNNet:
