@@ -1,7 +1,8 @@
-"""Tests of deqshield.checkpoint: exact round trips, resume equivalence, crash safety, corruption."""
+"""deqshield.checkpoint: exact round trips, resume equivalence, crash safety, corruption."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -94,7 +95,7 @@ def _draws(generator: torch.Generator) -> list[Any]:
 
 def _assert_same_draws(first: list[Any], second: list[Any]) -> None:
     for a, b in zip(first, second, strict=True):
-        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b))
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b)
 
 
 def _assert_same_optimizer_state(first: dict[str, Any], second: dict[str, Any]) -> None:
@@ -104,7 +105,8 @@ def _assert_same_optimizer_state(first: dict[str, Any], second: dict[str, Any]) 
         other = second["state"][index]
         assert state.keys() == other.keys()
         for name, value in state.items():
-            assert value.dtype == other[name].dtype and torch.equal(value, other[name]), (index, name)
+            assert value.dtype == other[name].dtype, (index, name)
+            assert torch.equal(value, other[name]), (index, name)
 
 
 def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path: Path) -> None:
@@ -112,8 +114,7 @@ def test_round_trip_restores_model_optimizer_scheduler_and_rng(tmp_path: Path) -
     trainer.train(3)
     path = trainer.save(tmp_path, step=3)
     params = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    optimizer_state = trainer.optimizer.state_dict()
-    optimizer_state = {**optimizer_state, "state": {i: {k: v.clone() for k, v in s.items()} for i, s in optimizer_state["state"].items()}}
+    optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
     scheduler_state = trainer.scheduler.state_dict()
     draws = _draws(trainer.batches)
 
@@ -141,9 +142,12 @@ def test_resume_matches_uninterrupted_training(tmp_path: Path, deterministic: No
     resumed.load(tmp_path)
     resumed.train(5)
 
-    for (name, expected), actual in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
-        assert torch.equal(expected, actual), name
-    _assert_same_optimizer_state(resumed.optimizer.state_dict(), uninterrupted.optimizer.state_dict())
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    _assert_same_optimizer_state(
+        resumed.optimizer.state_dict(), uninterrupted.optimizer.state_dict()
+    )
 
 
 def test_keeps_last_checkpoints_and_best(tmp_path: Path) -> None:
@@ -168,7 +172,9 @@ def test_no_checkpoint_yet(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failing_file", ["optimizer.safetensors", "meta.json", "index.json"])
-def test_failed_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_file: str) -> None:
+def test_failed_save_keeps_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_file: str
+) -> None:
     trainer = Trainer(seed=0)
     previous = trainer.save(tmp_path, step=1)
     written = []
@@ -191,7 +197,8 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pyte
     assert Trainer(seed=3).load(tmp_path).step == 1
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
     trainer.save(tmp_path, step=3)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["index.json", "step-00000001", "step-00000003"]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["index.json", "step-00000001", "step-00000003"]
 
 
 SAVE_FOREVER = textwrap.dedent(
@@ -206,7 +213,10 @@ SAVE_FOREVER = textwrap.dedent(
         with torch.no_grad():
             for param in model.parameters():
                 param.fill_(step)
-        save_checkpoint(run_dir, model=model, step=step, epoch=0, config={}, metrics={"step": step}, is_best=step % 3 == 0)
+        save_checkpoint(
+            run_dir, model=model, step=step, epoch=0, config={}, metrics={"step": step},
+            is_best=step % 3 == 0,
+        )
     """
 )
 
@@ -217,7 +227,8 @@ def test_sigkill_at_random_moments_leaves_a_loadable_latest_checkpoint(tmp_path:
     for _ in range(3):
         child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(tmp_path)])
         deadline = time.monotonic() + 20
-        while latest_checkpoint_step(tmp_path) <= last_step and time.monotonic() < deadline and child.poll() is None:
+        while _latest_step(tmp_path) <= last_step and time.monotonic() < deadline:
+            assert child.poll() is None, "the saving process died on its own"
             time.sleep(0.01)
         time.sleep(delays.uniform(0.0, 0.2))
         child.send_signal(signal.SIGKILL)
@@ -229,7 +240,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_latest_checkpoint(tmp_path:
 
 
 def _load_and_check_filled(run_dir: Path, which: str) -> int:
-    """Load the ``which`` checkpoint saved by SAVE_FOREVER and check every weight equals its step."""
+    """Load a SAVE_FOREVER checkpoint, check that all weights equal its step, and return that."""
     model = nn.Linear(256, 256)
     if which == "best" and best_checkpoint(run_dir) is None:
         return 0
@@ -239,9 +250,10 @@ def _load_and_check_filled(run_dir: Path, which: str) -> int:
     return info.step
 
 
-def latest_checkpoint_step(run_dir: Path) -> int:
-    path = latest_checkpoint(run_dir) if (run_dir / "checkpoints" / "index.json").exists() else None
-    return 0 if path is None else json.loads((path / "meta.json").read_text())["step"]
+def _latest_step(run_dir: Path) -> int:
+    """The step in the name of the latest checkpoint (its files may be gone by the time we look)."""
+    path = latest_checkpoint(run_dir)
+    return 0 if path is None else int(path.name.split("-")[1])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
@@ -268,6 +280,13 @@ def test_missing_file_and_unknown_version_are_reported(tmp_path: Path) -> None:
         Trainer(seed=0).load(path)
 
 
+def test_missing_optimizer_state_is_reported(tmp_path: Path) -> None:
+    trainer = Trainer(seed=0)
+    save_checkpoint(tmp_path, model=trainer.model, step=1, epoch=0, config={}, metrics={})
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
+        load_checkpoint(tmp_path, model=trainer.model, optimizer=trainer.optimizer)
+
+
 def test_model_mismatch_names_keys_and_shapes(tmp_path: Path) -> None:
     trainer = Trainer(seed=0)
     trainer.save(tmp_path, step=1)
@@ -280,7 +299,8 @@ def test_model_mismatch_names_keys_and_shapes(tmp_path: Path) -> None:
     assert "unexpected keys ['3.bias', '3.weight']" in message
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
     wider = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(), nn.Linear(8, 1))
-    with pytest.raises(CheckpointError, match=r"wrong shapes \['0.bias \(file \(16,\), model \(8,\)\)'"):
+    expected = r"wrong shapes \['0.bias \(file \(16,\), model \(8,\)\)'"
+    with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(tmp_path, model=wider)
 
 
@@ -314,10 +334,16 @@ def test_pickle_planted_as_model_file_is_rejected_without_unpickling(tmp_path: P
 def test_state_that_is_not_json_is_rejected_before_writing(tmp_path: Path) -> None:
     trainer = Trainer(seed=0)
     trainer.scheduler.lr_lambdas = [object()]
-    with pytest.raises(InputError, match=r"scheduler.lr_lambdas.0 is a object"):
-        save_checkpoint(tmp_path, model=trainer.model, scheduler=trainer.scheduler, step=1, epoch=0, config={}, metrics={})
+    with pytest.raises(InputError, match=r"scheduler.lr_lambdas.0 is of type object"):
+        save_checkpoint(
+            tmp_path, model=trainer.model, scheduler=trainer.scheduler,
+            step=1, epoch=0, config={}, metrics={},
+        )
     with pytest.raises(InputError, match="metrics.loss is a tensor"):
-        save_checkpoint(tmp_path, model=trainer.model, step=1, epoch=0, config={}, metrics={"loss": torch.tensor(1.0)})
+        save_checkpoint(
+            tmp_path, model=trainer.model, step=1, epoch=0, config={},
+            metrics={"loss": torch.tensor(1.0)},
+        )
     assert latest_checkpoint(tmp_path) is None
 
 
@@ -337,7 +363,7 @@ def test_weights_round_trip_with_tied_and_strided_tensors(tmp_path: Path) -> Non
         assert torch.equal(value, restored.state_dict()[key]), key
 
 
-def test_rng_state_alone_and_unknown_generator(tmp_path: Path) -> None:
+def test_rng_state_alone_and_unknown_generator() -> None:
     generator = torch.Generator().manual_seed(3)
     state = capture_rng_state({"data": generator})
     draws = _draws(generator)

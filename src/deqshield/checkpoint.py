@@ -6,8 +6,8 @@ and one directory per checkpoint, e.g. ``step-00000123/`` with ``model.safetenso
 (format version, step, epoch, config, metrics, sha256 of each tensor file, non-tensor state).
 
 A checkpoint is written into a hidden staging directory, fsynced and renamed into place; only
-then is ``index.json`` replaced (staging file, fsync, ``os.replace``).  A kill at any moment so
-leaves ``index.json`` naming complete checkpoints only; whatever it does not name is a leftover
+then is ``index.json`` replaced (staging file, fsync, ``os.replace``), so a kill at any moment
+leaves ``index.json`` naming complete checkpoints only.  Whatever it does not name is a leftover
 of an interrupted save and is deleted by the next save, so a run directory must have a single
 writer.  Loading reads safetensors and JSON only: nothing is ever unpickled.
 """
@@ -36,7 +36,7 @@ from deqshield.errors import CheckpointError, InputError
 FORMAT_VERSION = 1
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _WEIGHTS_METADATA_KEY = "deqshield"
-Generators = Mapping[str, torch.Generator]
+NamedGenerators = Mapping[str, torch.Generator]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class CheckpointInfo:
     metrics: dict[str, Any]
 
 
-def capture_rng_state(extra_generators: Generators | None = None) -> dict[str, Any]:
+def capture_rng_state(extra_generators: NamedGenerators | None = None) -> dict[str, Any]:
     """Return the states of ``random``, ``numpy.random``, torch (CPU, CUDA) and extra generators."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
@@ -63,7 +63,9 @@ def capture_rng_state(extra_generators: Generators | None = None) -> dict[str, A
     }
 
 
-def restore_rng_state(state: Mapping[str, Any], extra_generators: Generators | None = None) -> None:
+def restore_rng_state(
+    state: Mapping[str, Any], extra_generators: NamedGenerators | None = None
+) -> None:
     """Restore a :func:`capture_rng_state` result, extra generators matched by name.
 
     CUDA states are restored only when as many CUDA devices are visible as were saved, so a GPU
@@ -95,7 +97,7 @@ def save_checkpoint(
     metrics: Mapping[str, Any],
     is_best: bool = False,
     keep_last: int = 2,
-    extra_generators: Generators | None = None,
+    extra_generators: NamedGenerators | None = None,
 ) -> Path:
     """Atomically write a checkpoint under ``run_dir/checkpoints`` and return its directory.
 
@@ -127,36 +129,8 @@ def save_checkpoint(
         "state": skeletons,
     }
     files["meta.json"] = json.dumps(meta, indent=1).encode()
-
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    index = _read_index(root)
-    _remove_unreferenced(root, index)
-    name = base = f"step-{int(step):08d}"
-    suffix = 0
-    while (root / name).exists():
-        suffix += 1
-        name = f"{base}-{suffix}"
-    staging = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for file, data in files.items():
-            _write_durably(staging / file, data)
-        _fsync_directory(staging)
-        os.replace(staging, root / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _fsync_directory(root)
-    index = {
-        "format_version": FORMAT_VERSION,
-        "latest": name,
-        "best": name if is_best else index["best"],
-        "retained": [*index["retained"], name][-keep_last:],
-    }
-    _replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
-    _remove_unreferenced(root, index)
-    return root / name
+    return _publish(root, f"step-{int(step):08d}", files, is_best=is_best, keep_last=keep_last)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
@@ -177,13 +151,14 @@ def load_checkpoint(
     scheduler: LRScheduler | None = None,
     which: Literal["latest", "best"] = "latest",
     restore_rng: bool = True,
-    extra_generators: Generators | None = None,
+    extra_generators: NamedGenerators | None = None,
 ) -> CheckpointInfo:
     """Load a checkpoint directory, or the ``which`` checkpoint of a run directory, in place.
 
-    All files are checked against their sha256, and model keys and shapes are checked, before
-    anything is modified.  Tensors are read on the CPU; ``load_state_dict`` moves them to the
-    device of the model and optimizer.  Raises :class:`CheckpointError` on any problem.
+    File hashes, model keys and shapes, and generator names are checked before anything is
+    modified; an optimizer that does not match the saved state is noticed after the RNG state
+    was restored.  Tensors are read on the CPU and ``load_state_dict`` moves them to the device
+    of the model and optimizer.  Raises :class:`CheckpointError` on any problem.
     """
     path = Path(path_or_run_dir)
     if (path / "checkpoints").is_dir():
@@ -202,6 +177,8 @@ def load_checkpoint(
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None and name not in states:
             raise CheckpointError(f"{path} holds no {name} state")
+    if restore_rng:
+        restore_rng_state(states["rng"], extra_generators)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(states["optimizer"])
@@ -210,8 +187,6 @@ def load_checkpoint(
     model.load_state_dict(tensors["model"])
     if scheduler is not None:
         scheduler.load_state_dict(states["scheduler"])
-    if restore_rng:
-        restore_rng_state(states["rng"], extra_generators)
     config = _from_json(meta["config"], {}, path / "meta.json")
     metrics = _from_json(meta["metrics"], {}, path / "meta.json")
     return CheckpointInfo(path, meta["step"], meta["epoch"], config, metrics)
@@ -223,8 +198,10 @@ def save_weights(
     """Atomically export the model weights as one safetensors file carrying JSON ``metadata``."""
     encoded = json.dumps(_to_json(dict(metadata or {}), "metadata", None))
     data = safetensors.torch.save(_tensor_copies(model), metadata={_WEIGHTS_METADATA_KEY: encoded})
-    _replace_atomically(Path(path), data)
-    return Path(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(path, data)
+    return path
 
 
 def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
@@ -235,7 +212,7 @@ def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[s
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     encoded = header.get("__metadata__", {}).get(_WEIGHTS_METADATA_KEY)
     if encoded is None:
-        raise CheckpointError(f"{path} has no {_WEIGHTS_METADATA_KEY!r} metadata: not from save_weights")
+        raise CheckpointError(f"{path} lacks {_WEIGHTS_METADATA_KEY!r} metadata of save_weights")
     _check_model_keys(model, tensors, path)
     model.load_state_dict(tensors)
     return _from_json(json.loads(encoded), {}, path)
@@ -274,10 +251,11 @@ def _to_json(value: Any, where: str, tensors: dict[str, torch.Tensor] | None) ->
         if not all(isinstance(key, (str, int)) for key in value):
             raise InputError(f"{where} has dict keys that are neither str nor int: {list(value)}")
         encoded = {key: _to_json(item, f"{where}.{key}", tensors) for key, item in value.items()}
-        if all(isinstance(key, str) for key in value) and not (encoded.keys() & {_TENSOR, _TUPLE, _ITEMS}):
+        tag_like = encoded.keys() & {_TENSOR, _TUPLE, _ITEMS}
+        if all(isinstance(key, str) for key in value) and not tag_like:
             return encoded
         return {_ITEMS: [[key, item] for key, item in encoded.items()]}
-    raise InputError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store as JSON")
+    raise InputError(f"{where} is of type {type(value).__name__}, which JSON cannot hold")
 
 
 def _from_json(value: Any, tensors: Mapping[str, torch.Tensor], source: Path) -> Any:
@@ -316,7 +294,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, to
     return meta, tensors
 
 
-def _check_model_keys(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path) -> None:
+def _check_model_keys(
+    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: Path
+) -> None:
     """Raise :class:`CheckpointError` naming every missing, unexpected or wrongly shaped key."""
     expected = model.state_dict()
     wrong = [
@@ -366,7 +346,7 @@ def _read_index(root: Path) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, "latest": None, "best": None, "retained": []}
     index = _read_json(root / "index.json")
     if index.get("format_version") != FORMAT_VERSION or not isinstance(index.get("retained"), list):
-        raise CheckpointError(f"{root / 'index.json'} is malformed or has an unknown format version")
+        raise CheckpointError(f"{root / 'index.json'} is malformed or of an unknown format version")
     return index
 
 
@@ -375,11 +355,49 @@ def _indexed_checkpoint(run_dir: Path, which: Literal["latest", "best"]) -> Path
     return None if name is None else run_dir / "checkpoints" / name
 
 
+def _publish(
+    root: Path, name: str, files: Mapping[str, bytes], *, is_best: bool, keep_last: int
+) -> Path:
+    """Write ``files`` as checkpoint ``root/name`` (``name-1``... if taken), then update the index.
+
+    Leftovers of interrupted saves are deleted first, and checkpoints the new index no longer
+    names are deleted last.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    index = _read_index(root)
+    _remove_unreferenced(root, index)
+    base, suffix = name, 0
+    while (root / name).exists():
+        suffix += 1
+        name = f"{base}-{suffix}"
+    staging = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for file, data in files.items():
+            _write_durably(staging / file, data)
+        _fsync_directory(staging)
+        os.replace(staging, root / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_directory(root)
+    index = {
+        "format_version": FORMAT_VERSION,
+        "latest": name,
+        "best": name if is_best else index["best"],
+        "retained": [*index["retained"], name][-keep_last:],
+    }
+    _replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
+    _remove_unreferenced(root, index)
+    return root / name
+
+
 def _remove_unreferenced(root: Path, index: Mapping[str, Any]) -> None:
     """Delete staging leftovers and the checkpoints that ``index`` does not name."""
     referenced = {*index["retained"], index["best"]}
     for entry in root.iterdir():
-        if entry.name.startswith(".tmp-") or (entry.name.startswith("step-") and entry.name not in referenced):
+        stale = entry.name.startswith("step-") and entry.name not in referenced
+        if stale or entry.name.startswith(".tmp-"):
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:

@@ -9,9 +9,9 @@ config file. Components that appear in a config under a ``name`` tag carry a
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -22,3 +22,8 @@ T = TypeVar("T")
 def component(cls: type[T]) -> type[T]:
     """Class decorator: a frozen, validated dataclass that rejects unknown arguments."""
     return dataclass(config=SETTINGS)(cls)
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A settings object as a plain JSON-able mapping (what a config file would contain)."""
+    return TypeAdapter(type(settings)).dump_python(settings, mode="json")

@@ -155,6 +155,7 @@ def parse_idx_labels(compressed: bytes, path: Path) -> np.ndarray:
 
 
 def _decompress(compressed: bytes, path: Path) -> bytes:
+    """The gunzipped content of the file at ``path``."""
     try:
         return gzip.decompress(compressed)
     except (OSError, EOFError, zlib.error) as error:
@@ -175,6 +176,7 @@ def _read_header(payload: bytes, magic: int, num_dims: int, path: Path) -> tuple
 
 
 def _read_body(payload: bytes, offset: int, size: int, path: Path) -> np.ndarray:
+    """The ``size`` data bytes after the header, which must be all that follows it."""
     if len(payload) - offset != size:
         raise DataError(
             f"{path}: IDX header announces {size} data bytes but the file holds "

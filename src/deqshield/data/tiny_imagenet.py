@@ -169,7 +169,10 @@ def decode_image(path: Path) -> np.ndarray:
     except (OSError, UnidentifiedImageError) as error:
         raise DataError(f"{path}: cannot decode the image ({error})") from error
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise DataError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]}, expected 64x64")
+        raise DataError(
+            f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
+            f"expected {IMAGE_SIZE}x{IMAGE_SIZE}"
+        )
     return pixels
 
 
@@ -205,6 +208,7 @@ def _save_atomically(path: Path, pixels: np.ndarray) -> None:
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The lines of the UTF-8 text file at ``path``."""
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:

@@ -1,0 +1,162 @@
+"""Prototypes of the proposed solver-loop fixes, for measurement only (not part of the package).
+
+Each class subclasses the deqshield solver it prototypes and produces the same iterates,
+residual rows and ``best`` state (up to float rounding); ``solver_overhead.py`` checks that
+before timing them. The changes, all confined to ``src/deqshield/solvers/``:
+
+* ``LeanRecorder.observe`` / ``advance`` (``base.py``): while every sample is active and
+  improving (always, with ``tol=0`` on a contraction), skip the two full-state ``torch.where``
+  copies per step (alias ``best = z``; return ``z_new`` as is). States are never written in
+  place, so the alias is safe. ``observe`` also accepts an already computed residual
+  ``g = f(z) - z`` and reads its flags back with a single host synchronisation.
+* ``LeanAnderson`` (``anderson.py``): history buffers from ``new_empty`` (only written slots
+  are read), ``g`` written straight into its history slot with ``torch.sub(..., out=)`` and
+  reused by ``observe``, and no ``zs`` history when ``damping == 1`` (it is only read for
+  damping).
+* ``LeanBroyden`` (``broyden.py``): one low-rank product pair per step instead of three.
+  The direction ``B_n g_n`` is carried over, so ``B_n dg = B_n g_{n+1} - B_n g_n`` needs one
+  ``apply`` and the next direction is ``B_{n+1} g_{n+1} = B_n g_{n+1} + u (v . g_{n+1})``
+  (a dot product and an axpy); buffers from ``new_empty``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from deqshield.solvers import Anderson, Broyden, LowRankInverse, Picard, Trajectory
+from deqshield.solvers.base import (FixedPointSolver, FlatProblem, SolveRecorder, StateCallback,
+                                    StateFn, check_state)
+
+_TINY = 1e-12
+
+
+class LeanRecorder(SolveRecorder):
+    """``SolveRecorder`` without the per-step full-state copies while all samples are active."""
+
+    all_active: bool = True
+
+    def observe(self, z: Tensor, fz: Tensor, g: Optional[Tensor] = None) -> bool:
+        """As ``SolveRecorder.observe``; ``g`` is f(z) - z when the caller already has it."""
+        abs_res = (fz - z if g is None else g).norm(dim=1)
+        rel_res = abs_res / (fz.norm(dim=1) + _TINY)
+        self.abs_rows.append(abs_res)
+        self.rel_rows.append(rel_res)
+        res = rel_res if self.stop_mode == "rel" else abs_res
+        improved = res < self.best_residual
+        self.best_residual = torch.where(improved, res, self.best_residual)
+        self.active = self.active & ~(res <= self.tol)
+        all_improved, self.all_active, any_active = torch.stack(
+            [improved.all(), self.active.all(), self.active.any()]).tolist()
+        self.best = z if all_improved else torch.where(improved[:, None], z, self.best)
+        return any_active
+
+    def advance(self, z: Tensor, z_new: Tensor) -> Tensor:
+        """As ``SolveRecorder.advance``, returning ``z_new`` itself when every sample moves."""
+        self.iterations += self.active.long()
+        return z_new if self.all_active else torch.where(self.active[:, None], z_new, z)
+
+
+class LeanSolveMixin:
+    """``FixedPointSolver.solve`` with a :class:`LeanRecorder`."""
+
+    def solve(self: FixedPointSolver, f: StateFn, z0: Tensor, *, record_states: bool = True,
+              callback: Optional[StateCallback] = None) -> Trajectory:
+        check_state(z0)
+        problem = FlatProblem(f, z0)
+        with torch.no_grad():
+            z = z0.detach().reshape(z0.shape[0], -1).clone()
+            recorder = LeanRecorder(z, problem, self.tol, self.stop_mode, record_states,
+                                    callback)
+            return recorder.finish(self._iterate(problem, z, recorder))
+
+
+class LeanPicard(LeanSolveMixin, Picard):
+    """Picard with the lean recorder (its loop is unchanged)."""
+
+
+class LeanAnderson(LeanSolveMixin, Anderson):
+    """Anderson with the lean recorder, empty buffers, in-place residuals, no unused history."""
+
+    def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
+        batch, dim = z.shape
+        m, beta = self.memory, self.damping
+        zs = None if beta == 1.0 else z.new_empty(batch, m, dim)
+        fs = z.new_empty(batch, m, dim)
+        gs = z.new_empty(batch, m, dim)
+        gram = z.new_zeros(batch, m, m)
+        rec.emit(z)
+        fz = f(z)
+        for n in range(self.max_iter):
+            slot, h = n % m, min(n + 1, m)
+            g = torch.sub(fz, z, out=gs[:, slot])
+            if not rec.observe(z, fz, g):
+                return z
+            fs[:, slot] = fz
+            row = torch.bmm(gs[:, :h], g[:, :, None]).squeeze(-1)
+            gram[:, slot, :h] = row
+            gram[:, :h, slot] = row
+            alpha = self._weights(gram[:, :h, :h], slot)
+            z_new = torch.bmm(alpha[:, None], fs[:, :h]).squeeze(1)
+            if zs is not None:
+                zs[:, slot] = z
+                mixed_z = torch.bmm(alpha[:, None], zs[:, :h]).squeeze(1)
+                z_new = beta * z_new + (1 - beta) * mixed_z
+            z = rec.advance(z, z_new)
+            rec.emit(z)
+            if n + 1 < self.max_iter or self.final_residual:
+                fz = f(z)
+        if self.final_residual:
+            rec.observe(z, fz)
+        else:
+            rec.skip_final()
+        return z
+
+
+class LeanBroyden(LeanSolveMixin, Broyden):
+    """Broyden with one ``apply`` and one ``apply_transpose`` per step."""
+
+    def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
+        batch, dim = z.shape
+        memory = self.memory or self.max_iter
+        inverse = LowRankInverse(z.new_empty(batch, memory, dim),
+                                 z.new_empty(batch, memory, dim), 0)
+        rec.emit(z, inverse)
+        fz = f(z)
+        g = fz - z
+        direction = -g  # B_0 g_0
+        for n in range(self.max_iter):
+            if not rec.observe(z, fz, g):
+                return z
+            z_new = rec.advance(z, torch.add(z, direction, alpha=-self.step_size))
+            if n + 1 == self.max_iter and not self.final_residual:
+                rec.emit(z_new, inverse)
+                rec.skip_final()
+                return z_new
+            fz = f(z_new)
+            g_new = fz - z_new
+            direction = self._update(inverse, z_new - z, g_new, direction, rec.active)
+            z, g = z_new, g_new
+            rec.emit(z, inverse)
+        rec.observe(z, fz, g)
+        return z
+
+    @staticmethod
+    def _update(inverse: LowRankInverse, dz: Tensor, g_new: Tensor, direction: Tensor,
+                active: Tensor) -> Tensor:
+        """Rank-one update of B (as ``LowRankInverse.update``) from B_n g_{n+1}; returns the
+        next direction B_{n+1} g_{n+1}."""
+        b_g_new = inverse.apply(g_new)
+        b_dg = b_g_new - direction
+        v = inverse.apply_transpose(dz)
+        den = (dz * b_dg).sum(dim=1)
+        ok = active & (den.abs() > 1e-12 * dz.norm(dim=1) * b_dg.norm(dim=1)) & (den != 0)
+        safe_den = torch.where(ok, den, torch.ones_like(den))
+        slot, zero = inverse.count % inverse.us.shape[1], dz.new_zeros(())
+        u = torch.where(ok[:, None], (dz - b_dg) / safe_den[:, None], zero,
+                        out=inverse.us[:, slot])
+        v = torch.where(ok[:, None], v, zero, out=inverse.vs[:, slot])
+        inverse.count += 1
+        return torch.addcmul(b_g_new, u, (v * g_new).sum(dim=1, keepdim=True))

@@ -1,0 +1,46 @@
+"""The ``deqshield`` command line: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from deqshield import __version__
+from deqshield.errors import DEQShieldError
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from deqshield.demo import FULL, TINY, run_demo
+
+    run_demo(Path(args.out), TINY if args.tiny else FULL, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deqshield",
+        description="Adversarial robustness of deep equilibrium models: train, attack, "
+                    "defend and certify DEQs.")
+    parser.add_argument("--version", action="version", version=f"deqshield {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser("demo", help="run the offline demo on the scikit-learn digits")
+    demo.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    demo.add_argument("--tiny", action="store_true", help="a seconds-long run (for tests)")
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DEQShieldError as error:
+        print(f"deqshield: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Fixed-point solvers: convergence, exact trajectories, per-sample stopping, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deqshield.errors import InputError
+from deqshield.solvers import Anderson, Broyden, LowRankInverse, Picard, SolverStep
+
+SOLVERS = [Picard(max_iter=400, tol=1e-9), Anderson(max_iter=200, tol=1e-9),
+           Broyden(max_iter=200, tol=1e-9)]
+
+
+def linear_problem(batch=3, dim=12, norm=0.8, seed=0):
+    """f(z) = A z + b with ||A||_2 = norm < 1 and its exact solution (I - A)^{-1} b."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, dim, dim, generator=gen, dtype=torch.float64)
+    a = norm * a / torch.linalg.matrix_norm(a, 2)[:, None, None]
+    b = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    solution = torch.linalg.solve(torch.eye(dim, dtype=torch.float64) - a, b)
+    return (lambda z: torch.einsum("bij,bj->bi", a, z) + b), solution, a, b
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.name)
+def test_recovers_linear_solution(solver):
+    f, solution, _, _ = linear_problem()
+    trajectory = solver.solve(f, torch.zeros_like(solution))
+    assert trajectory.converged.all()
+    torch.testing.assert_close(trajectory.final, solution, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.name)
+def test_reaches_small_relative_residual_on_nonlinear_contraction(solver):
+    f_lin, solution, _, _ = linear_problem(norm=0.9, seed=1)
+    f = lambda z: torch.tanh(f_lin(z))  # noqa: E731 - a contraction (tanh is 1-Lipschitz)
+    trajectory = solver.solve(f, torch.zeros_like(solution))
+    z = trajectory.final
+    rel = (f(z) - z).norm(dim=1) / f(z).norm(dim=1)
+    assert (rel < 1e-6).all()
+    assert (trajectory.rel_residual[-1] < 1e-6).all()
+    assert trajectory.converged.all()
+
+
+@pytest.mark.parametrize("damping", [1.0, 0.5])
+def test_picard_trajectory_equals_hand_iteration(damping):
+    f, solution, _, _ = linear_problem(seed=2)
+    steps = 7
+    trajectory = Picard(max_iter=steps, tol=0.0, damping=damping).solve(
+        f, torch.zeros_like(solution))
+    z = torch.zeros_like(solution)
+    expected = [z]
+    for _ in range(steps):
+        z = (1 - damping) * z + damping * f(z)
+        expected.append(z)
+    assert len(trajectory.states) == steps + 1
+    for got, want in zip(trajectory.states, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    residuals = torch.stack([(f(s) - s).norm(dim=1) for s in expected])
+    torch.testing.assert_close(trajectory.abs_residual, residuals)
+
+
+@pytest.mark.parametrize("solver", [Picard(max_iter=9, tol=0.0), Anderson(max_iter=9, tol=0.0),
+                                    Broyden(max_iter=9, tol=0.0)], ids=lambda s: s.name)
+def test_trajectory_is_complete_and_callback_streams_every_state(solver):
+    f, solution, _, _ = linear_problem(seed=3)
+    streamed: list[SolverStep] = []
+    trajectory = solver.solve(f, torch.zeros_like(solution),
+                              callback=lambda step: streamed.append(step.state.clone()))
+    assert trajectory.num_steps == 9
+    assert len(trajectory.states) == 10 == len(streamed)
+    assert trajectory.abs_residual.shape == (10, 3)
+    for kept, sent in zip(trajectory.states, streamed):
+        torch.testing.assert_close(kept, sent)
+    torch.testing.assert_close(trajectory.states[-1], trajectory.final)
+    unrecorded = solver.solve(f, torch.zeros_like(solution), record_states=False)
+    assert unrecorded.states == []
+    torch.testing.assert_close(unrecorded.final, trajectory.final)
+
+
+def test_per_sample_stopping_freezes_converged_samples():
+    scale = torch.tensor([0.1, 0.95], dtype=torch.float64)[:, None]
+    f = lambda z: scale * z + 1.0  # noqa: E731 - sample 0 contracts fast, sample 1 slowly
+    trajectory = Picard(max_iter=500, tol=1e-8).solve(f, torch.zeros(2, 4, dtype=torch.float64))
+    fast, slow = trajectory.iterations.tolist()
+    assert fast < slow
+    assert trajectory.converged.all()
+    frozen = trajectory.states[fast]
+    for later in trajectory.states[fast:]:
+        torch.testing.assert_close(later[0], frozen[0])
+
+
+def test_divergent_cell_is_reported_not_converged():
+    f = lambda z: 2.0 * z + 1.0  # noqa: E731
+    for solver in (Picard(max_iter=20, tol=1e-6), Anderson(max_iter=20, tol=1e-6, memory=1)):
+        trajectory = solver.solve(f, torch.zeros(2, 3))
+        assert not trajectory.converged.any()
+        assert trajectory.iterations.tolist() == [20, 20]
+
+
+def test_skipping_the_final_residual_reports_unknown_and_not_converged():
+    f, solution, _, _ = linear_problem(seed=4)
+    trajectory = Picard(max_iter=5, tol=1.0, final_residual=False, stop_mode="abs").solve(
+        f, torch.zeros_like(solution) + solution)  # starts at the solution: converges at z_0
+    assert trajectory.converged.all() and trajectory.num_steps == 0
+    trajectory = Picard(max_iter=5, tol=1e-12, final_residual=False).solve(
+        f, torch.zeros_like(solution))
+    assert torch.isnan(trajectory.rel_residual[-1]).all()
+    assert not trajectory.converged.any()
+
+
+def test_anderson_survives_a_singular_least_squares_system():
+    f = lambda z: torch.ones_like(z)  # noqa: E731 - every residual after step 1 is zero
+    trajectory = Anderson(max_iter=10, tol=0.0, regularization=0.0).solve(f, torch.zeros(2, 5))
+    assert torch.isfinite(trajectory.final).all()
+    torch.testing.assert_close(trajectory.final, torch.ones(2, 5))
+
+
+def test_broyden_exposes_its_inverse_jacobian_estimate():
+    f, solution, _, _ = linear_problem(dim=6, seed=5)
+    g = lambda z: f(z) - z  # noqa: E731
+    previous: dict[str, torch.Tensor] = {}
+    counts: list[int] = []
+
+    def check(step: SolverStep):
+        inverse = step.inverse_jacobian
+        assert isinstance(inverse, LowRankInverse)
+        counts.append(inverse.count)
+        x, y = torch.randn_like(solution), torch.randn_like(solution)
+        torch.testing.assert_close((inverse.apply(x) * y).sum(1),
+                                   (x * inverse.apply_transpose(y)).sum(1))
+        if step.n == 0:
+            torch.testing.assert_close(inverse.apply(x), -x)  # B_0 = -I
+        else:  # the good Broyden update satisfies the secant equation B_n dg_n = dz_n
+            dz = step.state - previous["z"]
+            dg = g(step.state) - g(previous["z"])
+            torch.testing.assert_close(inverse.apply(dg), dz, rtol=1e-8, atol=1e-10)
+        previous["z"] = step.state.clone()
+
+    Broyden(max_iter=5, tol=0.0).solve(f, torch.zeros_like(solution), callback=check)
+    assert counts == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda: torch.zeros(0, 4), "empty batch"),
+    (lambda: torch.zeros(2, 4, dtype=torch.long), "floating-point"),
+    (lambda: torch.full((2, 4), float("nan")), "NaN or Inf"),
+    (lambda: torch.zeros(4), r"shape \(batch"),
+])
+def test_bad_initial_state_raises_clear_error(make_input, message):
+    with pytest.raises(InputError, match=message):
+        Picard().solve(lambda z: z, make_input())
+
+
+def test_cell_returning_another_shape_raises_clear_error():
+    with pytest.raises(InputError, match="the cell returned"):
+        Anderson().solve(lambda z: z[:, :2], torch.zeros(2, 4))
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="damping"):
+        Picard(damping=1.5)
+    with pytest.raises(ValueError, match="max_iter"):
+        Anderson(max_iter=0)
+    with pytest.raises(ValueError):
+        Broyden(stepsize=0.5)  # misspelt: unknown keys are rejected
