@@ -59,6 +59,19 @@ class LeanRecorder(SolveRecorder):
         return z_new if self.all_active else torch.where(self.active[:, None], z_new, z)
 
 
+class RowLowRankInverse(LowRankInverse):
+    """``LowRankInverse`` whose products put the long dimension last in both ``bmm`` calls
+    ((B, 1, d) x (B, d, k), then (B, 1, k) x (B, k, d)), the fast orientation on CPU."""
+
+    def _apply(self, left: Tensor, right: Tensor, x: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        k = min(self.count, left.shape[1])
+        if not k:
+            return -x
+        coeff = torch.bmm(flat[:, None], right[:, :k].transpose(1, 2))  # (B, 1, k)
+        return torch.baddbmm(flat[:, None], coeff, left[:, :k], alpha=1, beta=-1).view(x.shape)
+
+
 class LeanSolveMixin:
     """``FixedPointSolver.solve`` with a :class:`LeanRecorder`."""
 
@@ -95,7 +108,7 @@ class LeanAnderson(LeanSolveMixin, Anderson):
             if not rec.observe(z, fz, g):
                 return z
             fs[:, slot] = fz
-            row = torch.bmm(gs[:, :h], g[:, :, None]).squeeze(-1)
+            row = torch.bmm(g[:, None], gs[:, :h].transpose(1, 2)).squeeze(1)
             gram[:, slot, :h] = row
             gram[:, :h, slot] = row
             alpha = self._weights(gram[:, :h, :h], slot)
@@ -121,8 +134,8 @@ class LeanBroyden(LeanSolveMixin, Broyden):
     def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
         batch, dim = z.shape
         memory = self.memory or self.max_iter
-        inverse = LowRankInverse(z.new_empty(batch, memory, dim),
-                                 z.new_empty(batch, memory, dim), 0)
+        inverse = RowLowRankInverse(z.new_empty(batch, memory, dim),
+                                    z.new_empty(batch, memory, dim), 0)
         rec.emit(z, inverse)
         fz = f(z)
         g = fz - z

@@ -34,16 +34,16 @@ computed in centre/radius form W+ u + W- l = W c + |W| r with c = (u + l)/2, r =
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
 from deqshield.certify.intervals import Interval
 from deqshield.certify.orthogonal import infinity_norm
 from deqshield.errors import InputError, NotConvergedError
+from deqshield.gradients import Phantom, unroll
 from deqshield.settings import component
 from deqshield.solvers import Anderson, SolverSpec
 
@@ -108,13 +108,12 @@ class ConvFusion(FusionOperator):
 
 @component
 class AdjointSolve:
-    """How the adjoint DEQ is solved: ``solver`` from b_0 = (0, 0), then ``phantom_steps``
-    damped steps b <- b + ``phantom_damping`` (T(b) - b) recorded by autograd, which carry the
-    gradient (phantom gradient, Geng et al. 2021) and only shrink the residual."""
+    """How the adjoint DEQ is solved: ``solver`` from b_0 = (0, 0), then the damped steps
+    b <- (1 - lambda) b + lambda T(b) of the phantom ``gradient`` (Geng et al. 2021), recorded
+    by autograd; they carry the gradient and only shrink the residual."""
 
     solver: SolverSpec = Anderson(memory=5, max_iter=60, tol=1e-6, stop_mode="abs")
-    phantom_steps: Annotated[int, Field(ge=0)] = 5
-    phantom_damping: Annotated[float, Field(gt=0, le=1)] = 0.5
+    gradient: Phantom = Phantom()
 
 
 @dataclass(frozen=True)
@@ -195,9 +194,7 @@ def equilibrium_interval(fusion: FusionOperator, injection: Interval,
     start = torch.zeros((injection.shape[0], 2, *injection.shape[1:]),
                         dtype=injection.lower.dtype, device=injection.lower.device)
     trajectory = settings.solver.solve(step, start, record_states=False)
-    state = trajectory.final
-    for _ in range(settings.phantom_steps):
-        state = state + settings.phantom_damping * (step(state) - state)
+    state = settings.gradient.attach(step, trajectory)
     pre = _preactivation(fusion, state, injection)
     image = torch.stack((activation(pre.upper), activation(pre.lower)), dim=1)
     residual = _sup_norm(image.detach() - state.detach())
@@ -222,6 +219,5 @@ def unrolled_interval(fusion: FusionOperator, injection: Interval, steps: int,
     step = interval_map(fusion, injection, activation)
     state = torch.zeros((injection.shape[0], 2, *injection.shape[1:]),
                         dtype=injection.lower.dtype, device=injection.lower.device)
-    for _ in range(steps):
-        state = state + damping * (step(state) - state)
+    state = unroll(step, state, steps, damping)
     return Interval(state[:, 1], state[:, 0])

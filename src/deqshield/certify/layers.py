@@ -4,9 +4,10 @@ E is the extractor (U followed by batch norm, Sec. 3.5) and W the parametrised f
 (:class:`~deqshield.certify.fusion.FusionWeight`, which includes the channel scales gamma).
 
 Forward: the equilibrium is found by ``solver`` (Anderson in the paper) without autograd; then
-k damped steps z <- z + lambda (f(z) - z) from it are recorded by autograd (the unrolled phantom
-gradient of Geng et al. 2021). The steps also run without autograd, so the returned state is the
-same in training, evaluation and attacks, and input gradients exist in eval mode.
+the k damped steps z <- (1 - lambda) z + lambda f(z) of the phantom ``gradient`` (Geng et al.
+2021) are recorded by autograd. Unlike :class:`deqshield.deq.DEQLayer`, the steps also run
+without autograd, so the returned state is the same in training, evaluation, certification and
+attacks (and input gradients exist in eval mode).
 
 Certification contract: the layer reports the infinity-norm residual
 rho = ||f(z) - z||_inf of the state it returns. Where rho <= ``residual_tolerance`` (delta),
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from deqshield.certify.adjoint import AdjointSolve, equilibrium_interval
 from deqshield.certify.fusion import FusionWeight
 from deqshield.certify.intervals import Interval, propagate
+from deqshield.gradients import Phantom
 from deqshield.settings import component
 from deqshield.solvers import Anderson, SolverSpec
 
@@ -35,20 +37,19 @@ class EquilibriumSettings:
 
     Args:
         solver: forward solver from z_0 = 0.
-        phantom_steps, phantom_damping: k and lambda of the phantom gradient.
+        gradient: k steps and damping lambda of the phantom gradient.
         residual_tolerance: delta, the largest infinity-norm residual of a returned state for
             which the model still answers (and which the certificate allows for).
         bounds: how the adjoint DEQ is solved.
     """
 
     solver: SolverSpec = Anderson(memory=5, max_iter=50, tol=1e-5, stop_mode="abs")
-    phantom_steps: Annotated[int, Field(ge=0)] = 5
-    phantom_damping: Annotated[float, Field(gt=0, le=1)] = 0.5
+    gradient: Phantom = Phantom()
     residual_tolerance: Annotated[float, Field(gt=0)] = 1e-4
     bounds: AdjointSolve = AdjointSolve()
 
 
-class DEQLayer(nn.Module):
+class CerDEQLayer(nn.Module):
     """z = ReLU(W z + extractor(x)) for one input.
 
     Args:
@@ -72,9 +73,8 @@ class DEQLayer(nn.Module):
         def cell(z: Tensor) -> Tensor:
             return torch.relu(op(z) + h)
 
-        z = self.settings.solver.solve(cell, torch.zeros_like(h), record_states=False).final
-        for _ in range(self.settings.phantom_steps):
-            z = z + self.settings.phantom_damping * (cell(z) - z)
+        trajectory = self.settings.solver.solve(cell, torch.zeros_like(h), record_states=False)
+        z = self.settings.gradient.attach(cell, trajectory)
         with torch.no_grad():
             residual = (cell(z) - z).abs().flatten(1).amax(dim=1)
         return z, residual

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from deqshield.certify.fusion import FusionWeight, Parametrization
 from deqshield.certify.init import deq_extractor_init_
 from deqshield.certify.intervals import Interval, margin_interval
-from deqshield.certify.layers import DEQLayer, EquilibriumSettings
+from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.errors import InputError
 from deqshield.settings import component
 
@@ -128,13 +128,13 @@ class CerDEQ(CertifiableClassifier):
         for out in config.conv_channels:
             conv = nn.Conv2d(channels, out, k, stride=2, padding=k // 2, bias=False)
             deq_extractor_init_(conv)
-            layers.append(DEQLayer(nn.Sequential(conv, nn.BatchNorm2d(out)),
+            layers.append(CerDEQLayer(nn.Sequential(conv, nn.BatchNorm2d(out)),
                                    FusionWeight((out, out, k, k), **fusion_options),
                                    config.equilibrium))
             channels, height, width = out, (height - 1) // 2 + 1, (width - 1) // 2 + 1
         linear = nn.Linear(channels * height * width, config.linear_width, bias=False)
         deq_extractor_init_(linear)
-        layers.append(DEQLayer(
+        layers.append(CerDEQLayer(
             nn.Sequential(nn.Flatten(), linear, nn.BatchNorm1d(config.linear_width)),
             FusionWeight((config.linear_width, config.linear_width), **fusion_options),
             config.equilibrium))

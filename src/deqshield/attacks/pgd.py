@@ -1,0 +1,94 @@
+"""Projected gradient descent (Madry et al. 2018) with a chosen gradient path.
+
+For l_inf:  x_{k+1} = Proj_{B_inf(x, eps) cap [lo, hi]}(x_k + alpha sign(g_k)),
+for l_2:    x_{k+1} = Proj_{B_2(x, eps) cap [lo, hi]}(x_k + alpha g_k / ||g_k||_2),
+with g_k = d loss / dx at x_k from the gradient path (for a DEQ: final-state exact/phantom,
+simultaneous adjoint, unrolled intermediate, or an ensemble). A random start draws uniformly
+from the l_inf ball (or uniformly in direction and radius for l_2) with a caller's generator,
+so an evaluation is reproducible. Every returned example is checked to lie in the ball and the
+valid range.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from deqshield.attacks.losses import LOSSES, LossName
+from deqshield.paths import FinalState, GradientPath
+from deqshield.settings import component
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str,
+            bounds: tuple[float, float]) -> Tensor:
+    """Project onto the eps-ball around x (``norm`` "linf" or "l2") intersected with bounds.
+    For l_2 the ball projection comes first, then clipping, which keeps the result in both
+    (clipping towards a box that contains x never increases the distance to x)."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / norms).clamp(max=1.0).view(-1, *[1] * (x.dim() - 1))
+    return (x + delta).clamp(*bounds)
+
+
+def check_perturbation(x_adv: Tensor, x: Tensor, eps: float, norm: str,
+                       bounds: tuple[float, float], slack: float = 1e-6) -> None:
+    """Raise if any example leaves the eps-ball or the valid range."""
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
+    if (size > eps + slack).any():
+        raise RuntimeError(f"attack left the {norm} ball: max size {float(size.max())} > {eps}")
+    if (x_adv < bounds[0] - slack).any() or (x_adv > bounds[1] + slack).any():
+        raise RuntimeError(f"attack left the valid input range {bounds}")
+
+
+@component
+class PGD:
+    """PGD with ``steps`` steps of size ``step_size`` in an ``eps`` ball (``norm``)."""
+
+    name: Literal["pgd"] = "pgd"
+    eps: Annotated[float, Field(ge=0)] = 8 / 255
+    step_size: Annotated[float, Field(ge=0)] = 2 / 255
+    steps: Annotated[int, Field(ge=0)] = 10
+    norm: Literal["linf", "l2"] = "linf"
+    random_start: bool = True
+    loss: LossName = "ce"
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor,
+                path: Optional[GradientPath] = None,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+        """Adversarial examples for (x, y); ``path`` defaults to the final-state gradient."""
+        path = path or FinalState()
+        loss = LOSSES[self.loss]
+        x = x.detach()
+        x_adv = x.clone()
+        if self.random_start and self.eps > 0:
+            x_adv = project(x + self._random_delta(x, generator), x, self.eps, self.norm,
+                            self.bounds)
+        for _ in range(self.steps):
+            grad = path.input_gradient(model, x_adv, y, loss)
+            x_adv = project(x_adv + self.step_size * self._direction(grad), x, self.eps,
+                            self.norm, self.bounds)
+        check_perturbation(x_adv, x, self.eps, self.norm, self.bounds)
+        return x_adv.detach()
+
+    def _direction(self, grad: Tensor) -> Tensor:
+        if self.norm == "linf":
+            return grad.sign()
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return grad / norms.view(-1, *[1] * (grad.dim() - 1))
+
+    def _random_delta(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+        if self.norm == "linf":
+            return self.eps * noise.to(x.device)
+        direction = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        direction = direction / direction.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+        radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype) ** (1 / x[0].numel())
+        return (self.eps * radius.view(-1, *[1] * (x.dim() - 1)) * direction).to(x.device)

@@ -1,0 +1,14 @@
+"""Defenses as readouts of a DEQ trajectory."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from deqshield.readouts.base import Readout
+from deqshield.readouts.states import Early, Ensemble, Final
+
+ReadoutSpec = Annotated[Union[Final, Early, Ensemble], Field(discriminator="name")]
+
+__all__ = ["Early", "Ensemble", "Final", "Readout", "ReadoutSpec"]
