@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -64,6 +66,18 @@ def test_forward_shape_and_packed_state():
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     trajectory = model.trajectory(x)
     assert trajectory.final.shape == (2, STATE_SIZE)
+
+
+@pytest.mark.parametrize(("shape", "downsample", "state_size"), [
+    ((3, 15, 15), 0, 4 * 15 * 15 + 8 * 8 * 8 + 8 * 4 * 4),
+    ((1, 16, 16), 1, 4 * 8 * 8 + 8 * 4 * 4 + 8 * 2 * 2),
+], ids=["odd-size", "downsampling-stem"])
+def test_other_resolutions(shape, downsample, state_size):
+    torch.manual_seed(0)
+    model = dataclasses.replace(TINY, downsample=downsample).build(shape, 10).eval()
+    x = torch.rand(2, *shape)
+    assert model(x).shape == (2, 10)
+    assert model.trajectory(x).final.shape == (2, state_size)
 
 
 def test_trajectory_is_recorded_and_every_state_is_classified():

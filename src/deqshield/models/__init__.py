@@ -11,9 +11,12 @@ from pydantic import Field
 from deqshield.models.base import Classifier, DEQClassifier, check_input
 from deqshield.models.conv_deq import ConvDEQ
 from deqshield.models.dense_deq import DenseDEQ
+from deqshield.models.mdeq import MDEQ, MDEQ_LARGE, MDEQ_XL
+from deqshield.models.resnet import ResNet18
 from deqshield.models.small_cnn import SmallCNN
 
-ModelSpec = Annotated[Union[DenseDEQ, ConvDEQ, SmallCNN], Field(discriminator="name")]
+ModelSpec = Annotated[Union[DenseDEQ, ConvDEQ, MDEQ, SmallCNN, ResNet18],
+                      Field(discriminator="name")]
 
-__all__ = ["Classifier", "ConvDEQ", "DEQClassifier", "DenseDEQ", "ModelSpec", "SmallCNN",
-           "check_input"]
+__all__ = ["Classifier", "ConvDEQ", "DEQClassifier", "DenseDEQ", "MDEQ", "MDEQ_LARGE", "MDEQ_XL",
+           "ModelSpec", "ResNet18", "SmallCNN", "check_input"]

@@ -1,8 +1,8 @@
 """The multiscale DEQ classifier (MDEQ, Bai et al. 2020) of closer-look-neurips22 and
 regulating-dynamics-icml23 (DEQ-Large, DEQ-XL).
 
-    u = pack(Stem(x), m)                            (m: per-channel dropout keep-mask)
-    f(z, u) = pack(Fusion(Block_i(z_i, u_i, m_i) for each scale i))
+    u = pack(Stem(x), m_0, ..., m_{S-1})           (m_i: per-channel dropout keep-masks)
+    f(z, u) = pack(Fusion(Block_i(z_i, u_i, m_i) for each scale i)),  u_0 = Stem(x), u_i = 0
     logits = Head(z)
 
 The state z packs the S per-scale feature maps (C_i, H_i, W_i) into one (B, d) tensor, so the
@@ -34,17 +34,11 @@ from deqshield.errors import InputError
 from deqshield.gradients import GradientSpec, Phantom
 from deqshield.models.base import DEQClassifier
 from deqshield.models.mdeq_blocks import (ClassificationHead, MultiscaleFusion, ResidualBlock,
-                                          StatePacker, conv, scale_sizes)
+                                          StatePacker, conv_bn, scale_sizes)
 from deqshield.settings import component
 from deqshield.solvers import Broyden, SolverSpec
 
 Channels = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)]
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel: int,
-                 stride: int = 1) -> list[nn.Module]:
-    return [conv(in_channels, out_channels, kernel, stride=stride),
-            nn.BatchNorm2d(out_channels), nn.ReLU()]
 
 
 class MDEQInjection(nn.Module):
@@ -56,9 +50,9 @@ class MDEQInjection(nn.Module):
         super().__init__()
         width = channels[0]
         self.stem = nn.Sequential(
-            *conv_bn_relu(in_channels, width, 3, stride=2 if downsample >= 1 else 1),
-            *conv_bn_relu(width, width, 3, stride=2 if downsample >= 2 else 1),
-            *conv_bn_relu(width, width, 1))
+            conv_bn(in_channels, width, 3, stride=2 if downsample >= 1 else 1), nn.ReLU(),
+            conv_bn(width, width, 3, stride=2 if downsample >= 2 else 1), nn.ReLU(),
+            conv_bn(width, width, 1), nn.ReLU())
         self.channels = tuple(channels)
         self.dropout = dropout
         self.packer = packer
@@ -94,9 +88,8 @@ class MDEQCell(DEQCell):
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         features, *masks = self.injection_packer.unpack(u)
-        injections = [features] + [None] * (len(self.blocks) - 1)
-        outputs = [block(z_i, u_i, m_i) for block, z_i, u_i, m_i
-                   in zip(self.blocks, self.state_packer.unpack(z), injections, masks)]
+        outputs = [block(z_i, features if i == 0 else None, m_i) for i, (block, z_i, m_i)
+                   in enumerate(zip(self.blocks, self.state_packer.unpack(z), masks))]
         return self.state_packer.pack(self.fusion(outputs))
 
 
