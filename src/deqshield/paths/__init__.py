@@ -1,4 +1,6 @@
-"""Gradient paths (attack surrogates) through a DEQ's trajectory."""
+"""Gradient paths (attack surrogates) through a DEQ's trajectory (Sec. 4-5 of
+closer-look-neurips22): the final state, the simultaneous adjoint, the adjoint Broyden
+comparison, unrolled intermediates and their ensembles."""
 
 from __future__ import annotations
 
@@ -6,9 +8,22 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from deqshield.paths.adjoint_broyden import AdjointBroyden
 from deqshield.paths.base import GradientPath, LossFn
+from deqshield.paths.ensemble import EnsemblePath
 from deqshield.paths.final_state import FinalState, final_state_logits
+from deqshield.paths.simultaneous_adjoint import SimultaneousAdjoint
+from deqshield.paths.unrolled import UnrolledIntermediate
+from deqshield.paths.unrolled_ensemble import UnrolledEnsemble
 
-PathSpec = Annotated[Union[FinalState], Field(discriminator="name")]
+PathSpec = Annotated[
+    Union[FinalState, SimultaneousAdjoint, AdjointBroyden, UnrolledIntermediate,
+          UnrolledEnsemble, EnsemblePath],
+    Field(discriminator="name"),
+]
+"""A gradient-path section of a config: ``{name: final|simultaneous-adjoint|adjoint-broyden|
+unrolled|unrolled-ensemble|ensemble, ...settings}``."""
 
-__all__ = ["FinalState", "GradientPath", "LossFn", "PathSpec", "final_state_logits"]
+__all__ = ["AdjointBroyden", "EnsemblePath", "FinalState", "GradientPath", "LossFn", "PathSpec",
+           "SimultaneousAdjoint", "UnrolledEnsemble", "UnrolledIntermediate",
+           "final_state_logits"]
