@@ -3,16 +3,32 @@
 A readout maps (model, x) to logits using the model's deterministic forward solver. It must be
 deterministic (no randomness at evaluation; see pitfalls.md) and, because attacks score the very
 prediction they attack, the protocol always scores a defense with the readout's own ``logits``.
-Readouts here stream the trajectory through the solver's callback, so they use O(1) memory.
+
+A readout is built from a *state reader*: an object that observes the states z_0, z_1, ... as
+the solver streams them (O(1) memory) and turns what it saw into logits. ``StateReadout``
+runs the model's solver and feeds the reader; a defense that produces its own trajectory
+(entropy reduction) feeds the same readers, so every readout composes with it.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from deqshield.models import DEQClassifier
+from deqshield.solvers import SolverStep
+
+
+class StateReader(Protocol):
+    """Observes the states of one solve; ``logits()`` gives the readout's prediction."""
+
+    def observe(self, step: SolverStep) -> None:
+        ...
+
+    def logits(self) -> Tensor:
+        ...
 
 
 @runtime_checkable
@@ -24,3 +40,19 @@ class Readout(Protocol):
     def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
         """Logits (B, classes), no autograd graph."""
         ...
+
+
+class StateReadout:
+    """A readout that reads the model's own forward trajectory with a state reader.
+
+    Subclasses implement ``reader(model, steps)``: a fresh reader for a trajectory of ``steps``
+    solver updates (states z_0..z_steps; a solve that stops early repeats its last state)."""
+
+    def reader(self, model: DEQClassifier, steps: int) -> StateReader:
+        raise NotImplementedError
+
+    def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
+        reader = self.reader(model, model.deq.solver.max_iter)
+        with torch.no_grad():
+            model.trajectory(x, record_states=False, callback=reader.observe)
+            return reader.logits()

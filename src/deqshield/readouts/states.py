@@ -3,8 +3,8 @@
 * ``Final``: head(z_T), the usual DEQ output.
 * ``Early(index=n)``: head(z_n), the early-state defense; n is chosen once on the development
   split (the state most robust under ready-made PGD-10) and then fixed.
-* ``Ensemble``: head(mean_n z_n) over the states z_1..z_T (z_0 = 0 carries no information),
-  the ensemble-state defense, accumulated as a running sum (O(1) memory).
+* ``Ensemble``: head(mean_n z_n) over the states z_first..z_N (z_0 = 0 carries no information,
+  so ``first`` = 1 by default), the ensemble-state defense, accumulated as a running sum.
 
 A trajectory that stops early (all samples converged) repeats its last state, so an early or
 ensemble readout of a shorter trajectory reads the frozen state, as the solver would.
@@ -14,70 +14,83 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from deqshield.models import DEQClassifier
+from deqshield.readouts.base import StateReadout
 from deqshield.settings import component
 from deqshield.solvers import SolverStep
 
 
+class LastStateReader:
+    """Keeps the newest state with index <= ``upto`` (None: the newest state)."""
+
+    def __init__(self, model: DEQClassifier, upto: Optional[int] = None):
+        self.model, self.upto = model, upto
+        self.state: Optional[Tensor] = None
+
+    def observe(self, step: SolverStep) -> None:
+        if self.upto is None or step.n <= self.upto:
+            self.state = step.state
+
+    def logits(self) -> Tensor:
+        assert self.state is not None, "no state observed"
+        return self.model.head(self.state)
+
+
+class MeanStateReader:
+    """Running mean of z_first..z_steps; states missing after an early stop repeat the last."""
+
+    def __init__(self, model: DEQClassifier, first: int, steps: int):
+        if steps - first + 1 < 1:
+            raise ValueError(f"Ensemble(first={first}) averages no state of a solver with "
+                             f"max_iter={steps}")
+        self.model, self.first, self.steps = model, first, steps
+        self.total: Optional[Tensor] = None
+        self.last: Optional[Tensor] = None
+        self.count = 0
+
+    def observe(self, step: SolverStep) -> None:
+        self.last = step.state
+        if self.first <= step.n <= self.steps:
+            self.total = step.state.clone() if self.total is None else self.total + step.state
+            self.count += 1
+
+    def logits(self) -> Tensor:
+        assert self.last is not None, "no state observed"
+        expected = self.steps - self.first + 1
+        total = self.total if self.total is not None else 0 * self.last
+        return self.model.head((total + (expected - self.count) * self.last) / expected)
+
+
 @component
-class Final:
+class Final(StateReadout):
     """head(z_T)."""
 
     name: Literal["final"] = "final"
 
-    def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return model.head(model.trajectory(x, record_states=False).final)
+    def reader(self, model: DEQClassifier, steps: int) -> LastStateReader:
+        return LastStateReader(model)
 
 
 @component
-class Early:
+class Early(StateReadout):
     """head(z_index): the early-state defense (``index`` >= 1)."""
 
     name: Literal["early"] = "early"
     index: Annotated[int, Field(ge=1)] = 1
 
-    def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
-        picked: dict[str, Tensor] = {}
-
-        def keep(step: SolverStep) -> None:
-            if step.n <= self.index:
-                picked["z"] = step.state
-
-        with torch.no_grad():
-            model.trajectory(x, record_states=False, callback=keep)
-            return model.head(picked["z"])
+    def reader(self, model: DEQClassifier, steps: int) -> LastStateReader:
+        return LastStateReader(model, upto=self.index)
 
 
 @component
-class Ensemble:
-    """head(mean of z_1..z_N), with N the solver's ``max_iter`` (frozen states repeat)."""
+class Ensemble(StateReadout):
+    """head(mean of z_first..z_N), N = the solver's ``max_iter``."""
 
     name: Literal["ensemble"] = "ensemble"
     first: Annotated[int, Field(ge=0)] = 1
 
-    def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
-        total: dict[str, Optional[Tensor]] = {"sum": None, "last": None}
-        count = {"n": 0}
-
-        def accumulate(step: SolverStep) -> None:
-            total["last"] = step.state
-            if step.n >= self.first:
-                total["sum"] = step.state.clone() if total["sum"] is None \
-                    else total["sum"] + step.state
-                count["n"] += 1
-
-        with torch.no_grad():
-            model.trajectory(x, record_states=False, callback=accumulate)
-            expected = model.deq.solver.max_iter - self.first + 1
-            if expected < 1:
-                raise ValueError(f"Ensemble(first={self.first}) averages no state of a solver "
-                                 f"with max_iter={model.deq.solver.max_iter}")
-            missing = expected - count["n"]  # steps skipped because every sample converged
-            state_sum = total["sum"] if total["sum"] is not None else 0 * total["last"]
-            mean = (state_sum + missing * total["last"]) / expected
-            return model.head(mean)
+    def reader(self, model: DEQClassifier, steps: int) -> MeanStateReader:
+        return MeanStateReader(model, self.first, steps)

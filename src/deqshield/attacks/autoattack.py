@@ -1,0 +1,133 @@
+"""AutoAttack (Croce & Hein 2020, reference implementation ``pyautoattack``) on a defended DEQ.
+
+AutoAttack receives a :class:`~deqshield.attacks.straight_through.StraightThrough` model: its
+forward is the defense's own prediction (so AutoAttack attacks, and skips, exactly the points the
+defense classifies correctly) and its backward is the chosen gradient path. AutoAttack's checks
+for randomised, dynamic or otherwise suspicious defenses are captured and returned as findings,
+to be reported rather than discarded (pitfalls.md, "Attacks and defenses").
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from pyautoattack import AutoAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.fab_pt import FABAttack_PT
+from pyautoattack.square import SquareAttack
+from torch import Tensor
+
+from deqshield.attacks.pgd import check_perturbation
+from deqshield.attacks.straight_through import StraightThrough
+from deqshield.models import Classifier
+from deqshield.paths.base import GradientPath
+from deqshield.readouts.base import Readout
+from deqshield.settings import component
+
+AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square"]
+GRADIENT_FREE: frozenset[str] = frozenset({"square"})
+"""AutoAttack members that use no gradient."""
+BOUNDS = (0.0, 1.0)
+"""AutoAttack's fixed input range."""
+_LOGGER_NAME = "auto-attack"
+_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+@dataclass(frozen=True)
+class BridgeOutcome:
+    """Adversarial examples and AutoAttack's warnings (findings to report)."""
+
+    x_adv: Tensor
+    findings: tuple[str, ...]
+
+
+@component
+class AutoAttackBridge:
+    """AutoAttack, version "custom", with the listed ``attacks`` in order.
+
+    ``apgd_iterations``/``fab_iterations``/``square_queries`` are the reference's 100/100/5000;
+    ``target_classes`` is capped at (classes - 1) for the targeted attacks.
+    """
+
+    name: Literal["autoattack"] = "autoattack"
+    attacks: tuple[AutoAttackName, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    eps: Annotated[float, Field(ge=0)] = 8 / 255
+    norm: Literal["linf", "l2"] = "linf"
+    apgd_iterations: Annotated[int, Field(ge=1)] = 100
+    fab_iterations: Annotated[int, Field(ge=1)] = 100
+    square_queries: Annotated[int, Field(ge=1)] = 5000
+    target_classes: Annotated[int, Field(ge=1)] = 9
+    seed: int = 0
+    batch_size: Annotated[int, Field(ge=1)] = 250
+
+    @property
+    def gradient_free(self) -> bool:
+        """True when no member attack uses the gradient path."""
+        return set(self.attacks) <= GRADIENT_FREE
+
+    def perturb(self, model: Classifier, readout: Readout, path: GradientPath, x: Tensor,
+                y: Tensor) -> BridgeOutcome:
+        """Run AutoAttack against ``readout``'s prediction with ``path``'s gradient."""
+        x = x.detach()
+        if self.eps == 0:
+            return BridgeOutcome(x.clone(), ())
+        runner = self._runner(StraightThrough(model, readout, path), model.num_classes, x.device)
+        with _captured_findings() as findings:
+            x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        x_adv = x_adv.detach().to(x.dtype)
+        check_perturbation(x_adv, x, self.eps, self.norm, BOUNDS)
+        return BridgeOutcome(x_adv, tuple(dict.fromkeys(findings)))
+
+    def _runner(self, target: StraightThrough, num_classes: int,
+                device: torch.device) -> AutoAttack:
+        norm = _NORMS[self.norm]
+        targets = max(1, min(self.target_classes, num_classes - 1))
+        runner = AutoAttack(target, attacks=list(self.attacks), device=device, eps=self.eps,
+                            norm=norm, seed=self.seed, version="custom")
+        common = dict(norm=norm, eps=self.eps, seed=self.seed, device=device, verbose=False)
+        runner.apgd = APGDAttack(target, n_iter=self.apgd_iterations, n_restarts=1,
+                                 logger=runner.logger, **common)
+        runner.apgd_targeted = APGDAttack_targeted(
+            target, n_iter=self.apgd_iterations, n_restarts=1, n_target_classes=targets,
+            logger=runner.logger, **common)
+        runner.fab = FABAttack_PT(target, n_iter=self.fab_iterations, n_restarts=1,
+                                  n_target_classes=targets, **common)
+        runner.square = SquareAttack(target, n_queries=self.square_queries, p_init=0.8,
+                                     n_restarts=1, resc_schedule=False, **common)
+        return runner
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextmanager
+def _captured_findings() -> Iterator[list[str]]:
+    """Collect AutoAttack's warnings (logged, or ``warnings.warn``-ed with the bare ``Warning``
+    category its checks use) instead of printing them."""
+    findings: list[str] = []
+    logger = logging.getLogger(_LOGGER_NAME)
+    handler = _ListHandler(findings)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield findings
+        findings.extend(str(w.message) for w in caught if w.category is Warning)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

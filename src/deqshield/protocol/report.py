@@ -1,0 +1,110 @@
+"""``results.json`` (schema: docs/results-schema.md) and ``report.md`` (Tables 2-3 layout)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from deqshield.protocol.flags import Flag
+from deqshield.protocol.specs import AttackSpec, Protocol
+from deqshield.protocol.verdicts import VerdictTable
+from deqshield.settings import settings_dict
+
+SCHEMA_VERSION = 1
+
+
+def results_dict(table: VerdictTable, specs: Sequence[AttackSpec], flags: Sequence[Flag],
+                 protocol: Optional[Protocol] = None,
+                 meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The results as a JSON-able mapping (see docs/results-schema.md)."""
+    min_max = table.min_max()
+    best, worst = table.worst_case()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "meta": dict(meta or {}),
+        "protocol": settings_dict(protocol) if protocol is not None else None,
+        "samples": table.samples,
+        "attacks": [{"label": spec.title, "attack": settings_dict(spec.attack),
+                     "path": settings_dict(spec.path)} for spec in specs],
+        "defenses": [_defense_entry(table, defense) for defense in table.defenses],
+        "aggregate": {
+            "min_max": None if min_max is None else {"defense": min_max[0],
+                                                     "robust_accuracy": min_max[1]},
+            "worst_case": {"defense": best, "robust_accuracy": worst},
+        },
+        "flags": [flag.as_dict() for flag in flags],
+    }
+
+
+def _defense_entry(table: VerdictTable, defense: str) -> dict[str, Any]:
+    return {
+        "label": defense,
+        "clean_accuracy": table.clean_accuracy(defense),
+        "cells": [{"attack": attack,
+                   "robust_accuracy": table.cell_accuracy(defense, attack),
+                   "nonconverged_fraction": table.nonconverged.get((defense, attack), 0.0)}
+                  for attack in table.attacks],
+        "cumulative_accuracy": table.cumulative_accuracy(defense),
+        "min_over_attacks": table.min_over_attacks(defense),
+        "strongest_attack": table.strongest_attack(defense),
+        "worst_case_accuracy": table.worst_case_accuracy(defense),
+        "robust_samples": table.robust(defense).nonzero().squeeze(1).tolist(),
+    }
+
+
+def write_results(path: Path, results: dict[str, Any]) -> Path:
+    """Write ``results`` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """Markdown: rows are defenses (with clean accuracy), columns attacks; each row's strongest
+    attack is underlined, the best defense under its strongest attack is bold."""
+    attacks = [entry["label"] for entry in results["attacks"]]
+    min_max = results["aggregate"]["min_max"]
+    best = min_max["defense"] if min_max else None
+    lines = [f"# White-box evaluation ({results['samples']} samples)", "",
+             "| Defense | Clean | " + " | ".join(attacks) + " | Worst case |",
+             "|---|---|" + "---|" * len(attacks) + "---|"]
+    for row in results["defenses"]:
+        cells = []
+        for cell in row["cells"]:
+            text = _percent(cell["robust_accuracy"])
+            if cell["attack"] == row["strongest_attack"]:
+                text = f"<u>{text}</u>"
+                if row["label"] == best:
+                    text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {row['label']} | {_percent(row['clean_accuracy'])} | "
+                     + " | ".join(cells) + f" | {_percent(row['worst_case_accuracy'])} |")
+    worst = results["aggregate"]["worst_case"]
+    lines += ["", "Underlined: the strongest attack of each defense; bold: the best defense "
+              "under its strongest attack.", ""]
+    if min_max:
+        lines.append(f"- min-max robustness (papers): {_percent(min_max['robust_accuracy'])}% "
+                     f"({min_max['defense']})")
+    else:
+        lines.append("- min-max robustness (papers): n/a (early exit leaves cells unknown)")
+    lines.append(f"- per-sample worst case: {_percent(worst['robust_accuracy'])}% "
+                 f"({worst['defense']})")
+    if results["flags"]:
+        lines += ["", "## Flags", ""]
+        lines += [f"- {flag['kind']} [{flag['defense']} / {flag['attack']}]: {flag['message']}"
+                  for flag in results["flags"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``report.md`` into ``out_dir``."""
+    json_path = write_results(out_dir / "results.json", results)
+    report_path = out_dir / "report.md"
+    report_path.write_text(render_report(results))
+    return json_path, report_path

@@ -1,0 +1,119 @@
+"""Settings of the white-box protocol: attack specs (attack + gradient path) and the protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from deqshield.attacks.autoattack import AutoAttackBridge
+from deqshield.attacks.pgd import PGD
+from deqshield.paths import FinalState, GradientPath, PathSpec
+from deqshield.readouts import Ensemble, Final, ReadoutSpec
+from deqshield.readouts.base import Readout
+from deqshield.settings import component, settings_dict
+
+AttackSettings = Annotated[Union[PGD, AutoAttackBridge], Field(discriminator="name")]
+PathSettings = Union[PathSpec, GradientPath]
+"""A path from a config (``PathSpec``) or any object following the ``GradientPath`` protocol."""
+
+
+def describe(settings: object) -> str:
+    """A short label from a settings object: ``name(field=value, ...)`` without defaults."""
+    fields = settings_dict(settings)
+    name = fields.pop("name", type(settings).__name__)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)  # type: ignore[arg-type]
+                if f.default is not dataclasses.MISSING}
+    changed = [f"{key}={value}" for key, value in fields.items()
+               if key not in defaults or _dumped(defaults[key]) != value]
+    return f"{name}({', '.join(changed)})" if changed else name
+
+
+def _dumped(value: object) -> object:
+    """A default value as it appears in :func:`settings_dict` (nested settings as mappings)."""
+    return settings_dict(value) if dataclasses.is_dataclass(value) else (
+        list(value) if isinstance(value, tuple) else value)
+
+
+@component
+class AttackSpec:
+    """One column of the evaluation: an attack run with a gradient path.
+
+    ``label`` names the column in reports; empty means ``attack/path`` from their settings.
+    """
+
+    attack: AttackSettings = PGD()
+    path: PathSettings = FinalState()
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or f"{describe(self.attack)}/{describe(self.path)}"
+
+    @property
+    def eps(self) -> float:
+        return self.attack.eps
+
+    @property
+    def gradient_free(self) -> bool:
+        """True when the attack ignores the gradient path (Square alone)."""
+        return isinstance(self.attack, AutoAttackBridge) and self.attack.gradient_free
+
+    def with_eps(self, eps: float) -> "AttackSpec":
+        """The same spec at radius ``eps`` (PGD's step size scaled with it)."""
+        attack = self.attack
+        if isinstance(attack, PGD) and attack.eps > 0:
+            attack = dataclasses.replace(attack, eps=eps,
+                                         step_size=attack.step_size * eps / attack.eps)
+        else:
+            attack = dataclasses.replace(attack, eps=eps)
+        return dataclasses.replace(self, attack=attack)
+
+
+def defense_label(readout: Readout) -> str:
+    """Row label of a defense, e.g. ``final``, ``early(index=3)``."""
+    return describe(readout)
+
+
+@component
+class Protocol:
+    """The white-box protocol: every defense against every attack at radius ``eps``.
+
+    ``early_exit`` skips samples a defense already lost to an earlier attack (the per-sample
+    worst case is unchanged, per-attack cells become unknown). ``quick`` evaluates at most
+    ``quick_samples`` samples and caps AutoAttack at ``quick_apgd_iterations`` iterations and
+    ``quick_square_queries`` queries: a smoke test, not a result. Flags: Square beating every
+    gradient attack by more than ``obfuscation_margin`` (accuracy), or more than
+    ``nonconverged_threshold`` of the attacked samples leaving the solver unconverged.
+    """
+
+    defenses: tuple[ReadoutSpec, ...] = (Final(), Ensemble())
+    attacks: tuple[AttackSpec, ...] = (AttackSpec(), AttackSpec(attack=AutoAttackBridge()))
+    eps: Annotated[float, Field(ge=0)] = 8 / 255
+    early_exit: bool = False
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    seed: int = 0
+    quick: bool = False
+    quick_samples: Annotated[int, Field(ge=1)] = 64
+    quick_apgd_iterations: Annotated[int, Field(ge=1)] = 10
+    quick_square_queries: Annotated[int, Field(ge=1)] = 100
+    obfuscation_margin: Annotated[float, Field(ge=0)] = 0.01
+    nonconverged_threshold: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+    def attack_specs(self) -> list[AttackSpec]:
+        """The attacks at this protocol's ``eps`` (capped in quick mode)."""
+        specs = [spec.with_eps(self.eps) for spec in self.attacks]
+        if not self.quick:
+            return specs
+        return [self._quick(spec) for spec in specs]
+
+    def _quick(self, spec: AttackSpec) -> AttackSpec:
+        attack = spec.attack
+        if not isinstance(attack, AutoAttackBridge):
+            return spec
+        attack = dataclasses.replace(
+            attack, apgd_iterations=min(attack.apgd_iterations, self.quick_apgd_iterations),
+            fab_iterations=min(attack.fab_iterations, self.quick_apgd_iterations),
+            square_queries=min(attack.square_queries, self.quick_square_queries))
+        return dataclasses.replace(spec, attack=attack)

@@ -1,0 +1,75 @@
+"""Straight-through model and AutoAttack bridge on a tiny conv DEQ."""
+
+import pytest
+import torch
+
+from deqshield.attacks import AutoAttackBridge, StraightThrough, check_perturbation
+from deqshield.attacks.autoattack import BOUNDS
+from deqshield.models import ConvDEQ
+from deqshield.solvers import Anderson
+from deqshield.paths import FinalState
+from deqshield.readouts import Early, Ensemble, Final
+
+FAST = dict(apgd_iterations=2, fab_iterations=2, square_queries=10, target_classes=2,
+            batch_size=4)
+SOLVER = Anderson(max_iter=4, tol=1e-3)  # small: keeps the suite fast
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = ConvDEQ(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
+    x = torch.rand(6, 1, 8, 8)
+    return model, x
+
+
+@pytest.mark.parametrize("readout", [Final(), Early(index=2), Ensemble()])
+def test_forward_equals_readout(setup, readout):
+    model, x = setup
+    wrapped = StraightThrough(model, readout, FinalState())
+    assert torch.equal(wrapped(x), readout.logits(model, x))
+
+
+def test_gradient_equals_path_for_any_loss_and_sub_batch(setup):
+    """d loss(wrapper(x))/dx == path gradient of <g, logits> with g = d loss/d readout logits,
+    on the full batch and on a sub-batch (labels never reach the path)."""
+    model, x = setup
+    path = FinalState()
+    y = torch.arange(len(x)) % 10
+    ce = torch.nn.functional.cross_entropy
+    for part in (slice(None), slice(1, 4)):
+        xs, ys = x[part].clone().requires_grad_(), y[part]
+        (grad,) = torch.autograd.grad(ce(StraightThrough(model, Final(), path)(xs), ys,
+                                         reduction="sum"), xs)
+        value = Final().logits(model, x[part]).requires_grad_()
+        (g,) = torch.autograd.grad(ce(value, ys, reduction="sum"), value)
+        expected = path.input_gradient(model, x[part], torch.zeros_like(ys),
+                                       lambda logits, _: (logits * g).sum(1))
+        torch.testing.assert_close(grad, expected)
+
+
+def test_eps_zero_returns_clean(setup):
+    model, x = setup
+    y = Final().logits(model, x).argmax(1)
+    outcome = AutoAttackBridge(eps=0.0, **FAST).perturb(model, Final(), FinalState(), x, y)
+    assert torch.equal(outcome.x_adv, x)
+
+
+@pytest.mark.parametrize("norm,eps,attacks", [("linf", 0.1, ("apgd-ce", "square")),
+                                              ("l2", 0.5, ("apgd-t", "fab-t"))])
+def test_examples_stay_in_ball_and_findings_are_strings(setup, norm, eps, attacks):
+    model, x = setup
+    x = x[:2]
+    readout = Early(index=2)
+    y = readout.logits(model, x).argmax(1)
+    bridge = AutoAttackBridge(eps=eps, norm=norm, attacks=attacks, **FAST)
+    outcome = bridge.perturb(model, readout, FinalState(), x, y)
+    check_perturbation(outcome.x_adv, x, eps, norm, BOUNDS)
+    assert all(isinstance(f, str) for f in outcome.findings)
+
+
+def test_settings_are_validated():
+    with pytest.raises(Exception):
+        AutoAttackBridge(attacks=("apgd-dlr",))
+    assert AutoAttackBridge(attacks=("square",)).gradient_free
+    assert not AutoAttackBridge().gradient_free
