@@ -2,7 +2,8 @@
 
 from deqshield.attacks.losses import LOSSES, cross_entropy, margin
 from deqshield.attacks.autoattack import AutoAttackBridge, BridgeOutcome
-from deqshield.attacks.pgd import PGD, check_perturbation, project
+from deqshield.attacks.pgd import PGD
+from deqshield.threat import check_perturbation, project
 from deqshield.attacks.straight_through import StraightThrough
 
 __all__ = ["LOSSES", "PGD", "AutoAttackBridge", "BridgeOutcome", "StraightThrough",

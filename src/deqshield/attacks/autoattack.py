@@ -24,7 +24,7 @@ from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 from torch import Tensor
 
-from deqshield.attacks.pgd import check_perturbation
+from deqshield.threat import check_perturbation
 from deqshield.attacks.straight_through import StraightThrough
 from deqshield.models import Classifier
 from deqshield.paths.base import GradientPath

@@ -18,33 +18,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.attacks.losses import LOSSES, LossName
-from deqshield.paths import FinalState, GradientPath
+from deqshield.paths.base import GradientPath
+from deqshield.paths.final_state import FinalState
 from deqshield.settings import component
-
-
-def project(x_adv: Tensor, x: Tensor, eps: float, norm: str,
-            bounds: tuple[float, float]) -> Tensor:
-    """Project onto the eps-ball around x (``norm`` "linf" or "l2") intersected with bounds.
-    For l_2 the ball projection comes first, then clipping, which keeps the result in both
-    (clipping towards a box that contains x never increases the distance to x)."""
-    delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        delta = delta * (eps / norms).clamp(max=1.0).view(-1, *[1] * (x.dim() - 1))
-    return (x + delta).clamp(*bounds)
-
-
-def check_perturbation(x_adv: Tensor, x: Tensor, eps: float, norm: str,
-                       bounds: tuple[float, float], slack: float = 1e-6) -> None:
-    """Raise if any example leaves the eps-ball or the valid range."""
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
-    if (size > eps + slack).any():
-        raise RuntimeError(f"attack left the {norm} ball: max size {float(size.max())} > {eps}")
-    if (x_adv < bounds[0] - slack).any() or (x_adv > bounds[1] + slack).any():
-        raise RuntimeError(f"attack left the valid input range {bounds}")
+from deqshield.threat import check_perturbation, project
 
 
 @component

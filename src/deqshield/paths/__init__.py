@@ -13,17 +13,19 @@ from deqshield.paths.base import GradientPath, LossFn
 from deqshield.paths.ensemble import EnsemblePath
 from deqshield.paths.final_state import FinalState, final_state_logits
 from deqshield.paths.simultaneous_adjoint import SimultaneousAdjoint
+from deqshield.paths.through_defense import EntropyBPDA, ThroughEntropyReduction
 from deqshield.paths.unrolled import UnrolledIntermediate
 from deqshield.paths.unrolled_ensemble import UnrolledEnsemble
 
 PathSpec = Annotated[
     Union[FinalState, SimultaneousAdjoint, AdjointBroyden, UnrolledIntermediate,
-          UnrolledEnsemble, EnsemblePath],
+          UnrolledEnsemble, EnsemblePath, ThroughEntropyReduction, EntropyBPDA],
     Field(discriminator="name"),
 ]
 """A gradient-path section of a config: ``{name: final|simultaneous-adjoint|adjoint-broyden|
-unrolled|unrolled-ensemble|ensemble, ...settings}``."""
+unrolled|unrolled-ensemble|ensemble|through-entropy-reduction|entropy-bpda, ...settings}``."""
 
-__all__ = ["AdjointBroyden", "EnsemblePath", "FinalState", "GradientPath", "LossFn", "PathSpec",
-           "SimultaneousAdjoint", "UnrolledEnsemble", "UnrolledIntermediate",
+__all__ = ["AdjointBroyden", "EnsemblePath", "EntropyBPDA", "FinalState", "GradientPath", "LossFn", "PathSpec",
+           "SimultaneousAdjoint", "ThroughEntropyReduction", "UnrolledEnsemble",
+           "UnrolledIntermediate",
            "final_state_logits"]

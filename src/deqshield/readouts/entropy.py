@@ -33,12 +33,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from deqshield.attacks.pgd import project
 from deqshield.diagnostics import prediction_entropy
 from deqshield.models import DEQClassifier
 from deqshield.readouts.states import Early, Ensemble, Final
 from deqshield.settings import component
-from deqshield.solvers import Broyden, SolverStep
+from deqshield.threat import project
+from deqshield.solvers import Broyden, FixedPointSolver, SolverStep
 
 
 @dataclasses.dataclass
@@ -67,32 +67,38 @@ class EntropyReduction:
     base: Annotated[Union[Final, Early, Ensemble], Field(discriminator="name")] = Final()
 
     def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
-        steps = model.deq.solver.max_iter
-        reader = self.base.reader(model, steps)
-        regulated = self.regulate(model, x)
-        with torch.no_grad():
-            for n, state in enumerate(regulated.states):
-                reader.observe(SolverStep(n, state))
-            return reader.logits()
+        return self.read(model, self.regulate(model, x))
 
-    def regulate(self, model: DEQClassifier, x: Tensor) -> RegulatedTrajectory:
-        """Run Algorithm 1: the regulated states z_0..z_N and the inputs x^(0), x^(1), ..."""
+    def read(self, model: DEQClassifier, regulated: RegulatedTrajectory) -> Tensor:
+        """The base readout of a regulated trajectory (keeps any autograd graph it carries)."""
+        reader = self.base.reader(model, model.deq.solver.max_iter)
+        for n, state in enumerate(regulated.states):
+            reader.observe(SolverStep(n, state))
+        return reader.logits()
+
+    def regulate(self, model: DEQClassifier, x: Tensor, *,
+                 differentiable: bool = False) -> RegulatedTrajectory:
+        """Run Algorithm 1: the regulated states z_0..z_N and the inputs x^(0), x^(1), ....
+
+        With ``differentiable=True`` the whole computation keeps its autograd graph from x, for
+        adaptive attacks: each segment is unrolled as damped fixed-point steps (exactly the
+        defense when the model's solver is ``Picard``; with another solver, the same dynamics
+        with plain steps, a surrogate), and the input updates are differentiated exactly: the
+        sign step has zero derivative almost everywhere, so x_R depends on x through the
+        projection onto the box around x and through x_0 only.
+        """
         solver = model.deq.solver
         total = solver.max_iter
-        x_given = x.detach()
-        x_now = x_given
-        with torch.no_grad():
+        x_now = x if differentiable else x.detach()
+        with torch.set_grad_enabled(differentiable):
             u = model.inject(x_now)
             states = [model.cell.initial_state(u)]
             inputs = [x_now]
             while len(states) - 1 < total:
                 length = min(self.interval, total - (len(states) - 1))
-                segment = model.deq.solve(u, z0=states[-1], record_states=True,
-                                          solver=dataclasses.replace(solver, max_iter=length))
-                new = segment.states[1:]
-                new += [segment.final] * (length - len(new))  # a converged segment repeats
+                new = self._segment(model, u, states[-1], length, differentiable)
                 if self.steps > 0 and length == self.interval:  # (t + 1) mod T_f == 0
-                    x_now = self._reduce_entropy(model, new[-1], x_now, x_given)
+                    x_now = self._reduce_entropy(model, new[-1], x_now, x)
                     u = model.inject(x_now)
                     previous = new[-2] if length > 1 else states[-1]
                     new[-1] = self._recompute(model, previous, u)
@@ -100,23 +106,49 @@ class EntropyReduction:
                 states += new
         return RegulatedTrajectory(states, inputs)
 
+    @staticmethod
+    def _segment(model: DEQClassifier, u: Tensor, z: Tensor, length: int,
+                 differentiable: bool) -> list[Tensor]:
+        """The next ``length`` states from z with injection u: a fresh solve of the model's
+        solver, or (differentiable) damped fixed-point steps recorded by autograd."""
+        solver = model.deq.solver
+        if differentiable:
+            rate = EntropyReduction._rate(solver)
+            states = []
+            for _ in range(length):
+                fz = model.cell(z, u)
+                z = fz if rate == 1.0 else z + rate * (fz - z)
+                states.append(z)
+            return states
+        segment = model.deq.solve(u, z0=z, record_states=True,
+                                  solver=dataclasses.replace(solver, max_iter=length))
+        return segment.states[1:] + [segment.final] * (length - segment.num_steps)
+
     def _reduce_entropy(self, model: DEQClassifier, z: Tensor, x_start: Tensor,
                         x_given: Tensor) -> Tensor:
-        """R projected sign steps on H(head(f(z; x'))) over x' (Eq. 8)."""
+        """R projected sign steps on H(head(f(z; x'))) over x' (Eq. 8). The sign direction is a
+        constant of the step (its derivative is zero almost everywhere), so the result keeps
+        the graph of x_start and x_given only when they carry one."""
         x_now = x_start
         for _ in range(self.steps):
             x_var = x_now.detach().requires_grad_()
             with torch.enable_grad():
-                entropy = prediction_entropy(model.head(model.cell(z, model.inject(x_var))))
+                entropy = prediction_entropy(model.head(model.cell(z.detach(),
+                                                                   model.inject(x_var))))
                 (grad,) = torch.autograd.grad(entropy.sum(), x_var)
             x_now = project(x_now - self.step_size * grad.sign(), x_given, self.eps, "linf",
                             self.bounds)
-        return x_now.detach()
+        return x_now
+
+    @staticmethod
+    def _rate(solver: FixedPointSolver) -> float:
+        """The step of a fresh solve's first update: damping (Picard, Anderson) or step size
+        (Broyden, B_0 = -I)."""
+        return solver.step_size if isinstance(solver, Broyden) else solver.damping
 
     @staticmethod
     def _recompute(model: DEQClassifier, z_previous: Tensor, u: Tensor) -> Tensor:
         """One step of a fresh solve of the model's solver from z_previous with injection u."""
-        solver = model.deq.solver
-        rate = solver.step_size if isinstance(solver, Broyden) else solver.damping
+        rate = EntropyReduction._rate(model.deq.solver)
         fz = model.cell(z_previous, u)
         return fz if rate == 1.0 else z_previous + rate * (fz - z_previous)
