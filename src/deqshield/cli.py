@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from deqshield import __version__
 from deqshield.cli_evaluate import add_evaluate_command
+from deqshield.cli_train import add_train_command
 from deqshield.errors import DEQShieldError
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiny", action="store_true", help="a seconds-long run (for tests)")
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(run=_demo)
+    add_train_command(commands)
     add_evaluate_command(commands)
     return parser
 

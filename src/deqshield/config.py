@@ -5,7 +5,7 @@ An experiment config has three sections; every key is checked and unknown keys a
 
     data:  {name: digits, root: null, download: false, dev_fraction: 0.1, seed: 0}
     model: {name: conv-deq, channels: 16, solver: {name: anderson, max_iter: 12}, ...}
-    train: {epochs: 10, batch_size: 64, lr: 1.0e-3, ...}
+    train: {epochs: 10, batch_size: 64, lr: 1.0e-3, objective: {name: pgd-at, ...}, ...}
 
 The ``model`` section is one of the model settings classes (see ``deqshield.models``), whose
 fields are the model's constructor arguments, so the file and the Python API are the same thing.
@@ -14,13 +14,15 @@ fields are the model's constructor arguments, so the file and the Python API are
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deqshield.attacks.pgd import PGD
 from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
+from deqshield.training.objectives import ObjectiveSpec, Standard
 
 
 class Section(BaseModel):
@@ -41,16 +43,47 @@ class DataConfig(Section):
     limit_test: Optional[Annotated[int, Field(ge=1)]] = None
 
 
+class SelectionConfig(Section):
+    """Best-checkpoint selection on the dev split, after every epoch: ``metric`` ``robust`` is
+    the accuracy under ``attack`` (ready-made PGD-10 at the final state with the model's training
+    gradient and the full deterministic solver), ``clean`` the clean accuracy; on at most
+    ``limit`` dev examples (None: all)."""
+
+    metric: Literal["robust", "clean"] = "robust"
+    attack: PGD = PGD(steps=10)
+    limit: Optional[Annotated[int, Field(ge=1)]] = 512
+    batch_size: Annotated[int, Field(ge=1)] = 256
+
+
 class TrainConfig(Section):
-    """Optimisation settings (Adam with cosine decay, as in the papers)."""
+    """Optimisation settings (Adam with per-step cosine decay, as in the papers).
+
+    ``objective``: standard / pgd-at / trades (see :mod:`deqshield.training.objectives`).
+    Jacobian regularisation adds ``jacobian_weight * ||df/dz||_F^2 / d`` every
+    ``jacobian_every`` steps in epochs before ``jacobian_stop_epoch`` (None: never stops).
+    The first ``pretrain_steps`` steps train the weight-tied network of ``pretrain_depth``
+    unrolled iterations (gradient ``Backprop(steps=pretrain_depth)``) on clean inputs.
+    A checkpoint is written after every epoch and every ``checkpoint_every`` steps; the newest
+    ``keep_last`` are kept, plus the best. The run stops (keeping the last good checkpoint)
+    when the loss is not finite or the batch mean relative residual exceeds
+    ``divergence_residual``.
+    """
 
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 64
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: Optional[Annotated[float, Field(gt=0)]] = None
+    objective: ObjectiveSpec = Standard()
     jacobian_weight: Annotated[float, Field(ge=0)] = 0.0
     jacobian_every: Annotated[int, Field(ge=1)] = 1
+    jacobian_stop_epoch: Optional[Annotated[int, Field(ge=1)]] = None
+    pretrain_steps: Annotated[int, Field(ge=0)] = 0
+    pretrain_depth: Annotated[int, Field(ge=1)] = 8
+    checkpoint_every: Optional[Annotated[int, Field(ge=1)]] = None
+    keep_last: Annotated[int, Field(ge=1)] = 2
+    divergence_residual: Optional[Annotated[float, Field(gt=0)]] = None
+    selection: SelectionConfig = SelectionConfig()
     seed: int = 0
 
 

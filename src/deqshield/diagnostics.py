@@ -1,4 +1,4 @@
-"""Per-state diagnostics of a DEQ's trajectory on a data set.
+"""Per-state diagnostics of a DEQ's trajectory (the neural dynamics) on a data set.
 
 For every solver state z_n (n = 0..N) the head's prediction is scored, giving the clean
 accuracy per state (the "Clean Acc." row of Table 5 in closer-look-neurips22), the mean relative
@@ -10,20 +10,20 @@ States are streamed through the solver's callback, so memory is O(1) in N.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from deqshield.attacks.pgd import PGD
 from deqshield.models import DEQClassifier
+from deqshield.paths.base import GradientPath
+from deqshield.predictions import prediction_entropy
 from deqshield.solvers import FixedPointSolver, SolverStep
 
-
-def prediction_entropy(logits: Tensor) -> Tensor:
-    """H = -sum_c p_c log p_c per sample, p = softmax(logits)."""
-    log_p = torch.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1)
+if TYPE_CHECKING:
+    from deqshield.readouts.entropy import EntropyReduction
 
 
 @dataclass
@@ -80,3 +80,58 @@ def _per_state_mean(batch_sums: list[Tensor], total: int) -> list[float]:
     length = max(len(sums) for sums in batch_sums)
     padded = [torch.cat([sums, sums[-1:].expand(length - len(sums))]) for sums in batch_sums]
     return (torch.stack(padded).sum(dim=0) / total).tolist()
+
+
+def adversarial_dataset(model: nn.Module, data: Dataset, attack: PGD,
+                        path: Optional[GradientPath] = None, *, batch_size: int = 256,
+                        seed: int = 0) -> TensorDataset:
+    """(x_adv, y) crafted by ``attack`` with ``path`` (default: the ready-made final-state
+    gradient) against every batch of ``data``; reproducible through ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    model.eval()
+    for x, y in DataLoader(data, batch_size=batch_size):
+        xs.append(attack.perturb(model, x, y, path, generator=generator))
+        ys.append(y)
+    return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+
+def robustness_accumulation(model: DEQClassifier, data: Dataset, attack: PGD,
+                            path: Optional[GradientPath] = None, *, batch_size: int = 256,
+                            seed: int = 0) -> dict[str, list[float]]:
+    """Clean and robust accuracy of every state z_n under a ready-made attack (crafted once
+    with the final-state gradient, scored at every state): Fig. 2a and Table 5 of
+    closer-look-neurips22. Intermediate states that look more robust than the final one
+    under a ready-made attack are the "robustness accumulation" sign of gradient obfuscation."""
+    clean = state_statistics(model, data, batch_size=batch_size)
+    adversarial = adversarial_dataset(model, data, attack, path, batch_size=batch_size,
+                                      seed=seed)
+    robust = state_statistics(model, adversarial, batch_size=batch_size)
+    return {"clean_accuracy": clean.accuracy, "robust_accuracy": robust.accuracy,
+            "clean_entropy": clean.entropy, "robust_entropy": robust.entropy,
+            "relative_residual": clean.relative_residual,
+            "robust_relative_residual": robust.relative_residual}
+
+
+def dynamics_deviation(model: DEQClassifier, x: Tensor, x_perturbed: Tensor) -> list[float]:
+    """Mean relative deviation ||z~_n - z_n|| / ||z_n|| of the perturbed from the clean
+    trajectory at every state (Fig. 3c of regulating-dynamics-icml23; z_0 = 0 is skipped)."""
+    clean = model.trajectory(x).states
+    perturbed = model.trajectory(x_perturbed).states
+    length = max(len(clean), len(perturbed))
+    clean += [clean[-1]] * (length - len(clean))
+    perturbed += [perturbed[-1]] * (length - len(perturbed))
+    return [float(((p - c).flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1).clamp_min(1e-12))
+                  .mean()) for c, p in zip(clean[1:], perturbed[1:])]
+
+
+def entropy_change(model: DEQClassifier, defense: "EntropyReduction", x: Tensor) -> list[float]:
+    """Mean change of prediction entropy H(z_n) per state caused by the entropy-reduction
+    defense, Delta H(z_n) = H(regulated z_n) - H(plain z_n) (Fig. 3b of
+    regulating-dynamics-icml23); negative values mean the defense lowered the entropy."""
+    plain = model.trajectory(x).states
+    plain += [plain[-1]] * (model.deq.solver.max_iter + 1 - len(plain))
+    regulated = defense.regulate(model, x).states
+    with torch.no_grad():
+        return [float((prediction_entropy(model.head(r)) - prediction_entropy(model.head(p)))
+                      .mean()) for p, r in zip(plain[1:], regulated[1:])]

@@ -1,36 +1,61 @@
-"""The training loop: Adam with cosine decay, an objective, optional Jacobian regularisation,
-a progress bar, metrics as JSON lines, and a clear stop when the run diverges."""
+"""The training loop: Adam with per-step cosine decay, an objective, Jacobian regularisation,
+pretraining, checkpoints, resume, best-checkpoint selection and a clear stop on divergence.
+
+Position and randomness. The run is at (epoch, batch, step); epoch e's data order is seeded by
+(seed, e) (see :mod:`deqshield.training.distributed`) and batches are read straight from the
+in-memory data set (a ``DataLoader`` would draw its base seed from the global generator).
+Checkpoints hold the model, Adam, the scheduler, the epoch's running sums, torch's, NumPy's and
+Python's global RNG and the trainer's generators (``depth``: random intermediate index;
+``attack``: PGD random starts), plus the position: a resumed run skips the consumed batches of
+the current epoch and, on the CPU, ends with the same weights bit for bit as an uninterrupted
+run. Evaluation (dev clean and PGD accuracy) uses its own fixed generator, so it never changes
+the training randomness. Before a checkpoint is written the weights are checked to be finite.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from deqshield.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from deqshield.data import ArrayDataset
 from deqshield.errors import DEQShieldError
-from deqshield.gradients import jacobian_frobenius
-from deqshield.models import DEQClassifier
-from deqshield.training.objectives import ObjectiveSpec, Standard
+from deqshield.gradients import Backprop
+from deqshield.training.distributed import Context, epoch_indices
+from deqshield.training.evaluation import accuracy, robust_accuracy
+from deqshield.training.metrics import MetricsLog
+from deqshield.training.objectives import StepRandomness
+from deqshield.training.step import TrainStep
+
+if TYPE_CHECKING:
+    from deqshield.config import TrainConfig
 
 
 class TrainingDivergedError(DEQShieldError, RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN/infinite or the fixed-point residual exceeded its threshold."""
 
 
 @dataclass
 class EpochRecord:
+    """Metrics of one epoch (means over the training examples; dev metrics after the epoch)."""
+
     epoch: int
+    step: int
     loss: float
     train_accuracy: float
+    train_robust: bool
     eval_accuracy: Optional[float]
+    robust_accuracy: Optional[float]
     residual: Optional[float]
+    is_best: bool
 
 
 @dataclass
@@ -38,76 +63,175 @@ class TrainHistory:
     epochs: list[EpochRecord] = field(default_factory=list)
 
 
-def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
-    """Clean accuracy of ``model`` (eval mode, deterministic solver) on ``data``."""
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in DataLoader(data, batch_size=batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / max(total, 1)
+@dataclass
+class Position:
+    """Where the run is: ``batch`` batches of epoch ``epoch`` (0-based) done, ``step`` in all."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
 
 
-def fit(model: nn.Module, train_data: Dataset, *, epochs: int, batch_size: int, lr: float,
-        objective: ObjectiveSpec = Standard(), eval_data: Optional[Dataset] = None,
-        weight_decay: float = 0.0, grad_clip: Optional[float] = None,
-        jacobian_weight: float = 0.0, jacobian_every: int = 1, seed: int = 0,
-        metrics_path: Optional[Path] = None, progress: bool = True) -> TrainHistory:
-    """Train ``model`` in place and return the per-epoch history."""
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    history = TrainHistory()
-    step = 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        sums = {"loss": 0.0, "correct": 0, "seen": 0, "residual": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False,
-                   mininterval=0.5)
-        for x, y in bar:
-            output = objective.loss(model, x, y)
-            loss = output.loss
-            if jacobian_weight > 0 and step % jacobian_every == 0 and output.trajectory:
-                assert isinstance(model, DEQClassifier)
-                penalty = jacobian_frobenius(model.cell_map(x), output.trajectory.final)
-                loss = loss + jacobian_weight * penalty.mean()
-            if not math.isfinite(float(loss.detach())):
-                raise TrainingDivergedError(
-                    f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; lower the "
-                    "learning rate, add Jacobian regularisation or use more solver steps")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            sums["loss"] += float(output.loss) * len(y)
-            sums["correct"] += int((output.logits.argmax(1) == y).sum())
-            sums["seen"] += len(y)
-            if output.trajectory is not None:
-                sums["residual"] += float(output.trajectory.rel_residual[-1]
-                                          .nan_to_num(0.0).sum())
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
-                            acc=f"{sums['correct'] / sums['seen']:.3f}")
+class Trainer:
+    """Trains ``model`` on ``train_data`` with ``settings`` (a :class:`TrainConfig`).
+
+    ``run_dir``: where checkpoints go (None: no checkpoints); ``metrics_path``: the JSON-lines
+    metrics file (None: none). ``config``: the whole experiment config stored in checkpoints.
+    ``on_step(step)`` is called after every optimizer step (for tests that interrupt a run).
+    """
+
+    def __init__(self, model: nn.Module, train_data: ArrayDataset,
+                 dev_data: Optional[ArrayDataset], settings: TrainConfig, context: Context,
+                 run_dir: Optional[Path] = None, metrics_path: Optional[Path] = None,
+                 config: Optional[dict[str, Any]] = None, progress: bool = True,
+                 on_step: Optional[Callable[[int], None]] = None):
+        self.model = model.to(context.device)
+        self.train_data, self.dev_data = train_data, dev_data
+        self.settings, self.context = settings, context
+        self.run_dir, self.config = run_dir, config or {}
+        self.progress, self.on_step = progress, on_step
+        step = TrainStep(self.model, settings.objective, settings.jacobian_weight)
+        self.step_module: nn.Module = (DistributedDataParallel(step) if context.distributed
+                                       else step)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                          weight_decay=settings.weight_decay)
+        shard = len(epoch_indices(train_data, context, settings.seed, 0))
+        self.batches_per_epoch = math.ceil(shard / settings.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, settings.epochs * self.batches_per_epoch)
+        self.generators = {"depth": torch.Generator().manual_seed(settings.seed),
+                           "attack": torch.Generator().manual_seed(settings.seed + 1)}
+        self.position = Position()
+        self.sums = torch.zeros(4, dtype=torch.float64)  # this epoch: loss * n, correct, n, res
+        self.best: Optional[float] = None
+        self.log = MetricsLog(metrics_path if context.is_main else None)
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint of ``run_dir``; False if there is none."""
+        if self.run_dir is None or latest_checkpoint(self.run_dir) is None:
+            return False
+        info = load_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, extra_generators=self.generators)
+        self.position = Position(info.epoch, info.metrics["batch"], info.step)
+        self.best = info.metrics["best_score"]
+        self.sums = torch.tensor(info.metrics["epoch_sums"], dtype=torch.float64)
+        return True
+
+    def run(self) -> TrainHistory:
+        """Train until ``settings.epochs`` epochs are done; returns this call's epochs."""
+        history = TrainHistory()
+        try:
+            while self.position.epoch < self.settings.epochs:
+                history.epochs.append(self._epoch())
+        finally:
+            self.log.close()
+        self.model.eval()
+        return history
+
+    def _epoch(self) -> EpochRecord:
+        settings, pos = self.settings, self.position
+        indices = epoch_indices(self.train_data, self.context, settings.seed, pos.epoch)
+        size = settings.batch_size
+        batches = [torch.tensor(indices[start:start + size])
+                   for start in range(pos.batch * size, len(indices), size)]
+        bar = tqdm(batches, desc=f"epoch {pos.epoch + 1}/{settings.epochs}",
+                   disable=not (self.progress and self.context.is_main), leave=False,
+                   initial=pos.batch, total=self.batches_per_epoch, mininterval=0.5)
+        if pos.batch == 0:
+            self.sums.zero_()
+        sums = self.sums
+        robust = False
+        for batch in bar:
+            robust = self._step(self.train_data.images[batch].to(self.context.device),
+                                self.train_data.labels[batch].to(self.context.device))
+            bar.set_postfix({"loss": f"{sums[0] / sums[2]:.3f}",
+                             "rob acc" if robust else "acc": f"{sums[1] / sums[2]:.3f}",
+                             "res": f"{sums[3] / sums[2]:.1e}"})
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        return self._finish_epoch(sums, robust)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """One optimizer step, its batch statistics (all processes) added to ``self.sums``;
+        returns whether the objective scored adversarial inputs."""
+        settings, pos = self.settings, self.position
+        self.model.train()
+        jacobian = (pos.step % settings.jacobian_every == 0
+                    and (settings.jacobian_stop_epoch is None
+                         or pos.epoch + 1 < settings.jacobian_stop_epoch))
+        pretrain = (Backprop(steps=settings.pretrain_depth)
+                    if pos.step < settings.pretrain_steps else None)
+        randomness = StepRandomness(self.generators["depth"], self.generators["attack"])
+        loss, output = self.step_module(x, y, randomness, jacobian, pretrain)
+        residual = (output.trajectory.rel_residual[-1].nan_to_num(0.0).sum().item()
+                    if output.trajectory is not None else 0.0)
+        local = torch.tensor([output.loss.item() * len(y),
+                              (output.logits.argmax(1) == y).sum().item(), len(y), residual,
+                              0.0 if math.isfinite(loss.item()) else 1.0], dtype=torch.float64)
+        total = self.context.sum(local)
+        self._check_divergence(total, loss.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        pos.step += 1
+        pos.batch += 1
+        self.sums += total[:4]
+        if self.on_step is not None:
+            self.on_step(pos.step)
+        if settings.checkpoint_every and pos.step % settings.checkpoint_every == 0:
+            self._save({}, is_best=False)
+        return output.robust
+
+    def _check_divergence(self, total: torch.Tensor, loss: float) -> None:
+        threshold = self.settings.divergence_residual
+        mean_residual = float(total[3] / total[2])
+        if total[4] == 0 and (threshold is None or mean_residual <= threshold):
+            return
+        self._diverged(f"the loss became {loss}" if total[4] > 0 else
+                       f"the mean relative residual {mean_residual:.3g} exceeded {threshold}")
+
+    def _diverged(self, cause: str) -> None:
+        last = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        raise TrainingDivergedError(
+            f"training diverged at epoch {self.position.epoch + 1}, step {self.position.step}: "
+            f"{cause}; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
+            "Lower the learning rate, add Jacobian regularisation or use more solver steps")
+
+    def _finish_epoch(self, sums: torch.Tensor, robust: bool) -> EpochRecord:
+        """Evaluate on the dev split (main process), log, checkpoint."""
+        clean = rob = None
+        is_best = False
+        selection = self.settings.selection
+        if self.context.is_main and self.dev_data is not None:
+            clean = accuracy(self.model, self.dev_data, selection.batch_size, self.context.device)
+            if selection.metric == "robust":
+                rob = robust_accuracy(self.model, self.dev_data, selection.attack,
+                                      selection.batch_size, self.context.device)
+            score = rob if selection.metric == "robust" else clean
+            is_best = self.best is None or score > self.best
+            self.best = score if is_best else self.best
         record = EpochRecord(
-            epoch=epoch, loss=sums["loss"] / sums["seen"],
-            train_accuracy=sums["correct"] / sums["seen"],
-            eval_accuracy=accuracy(model, eval_data) if eval_data is not None else None,
-            residual=(sums["residual"] / sums["seen"]
-                      if isinstance(model, DEQClassifier) else None))
-        history.epochs.append(record)
-        if metrics_path is not None:
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(record.__dict__) + "\n")
-        if progress:
-            tqdm.write(f"epoch {epoch}: loss {record.loss:.4f}  train acc "
-                       f"{record.train_accuracy:.3f}"
-                       + (f"  dev acc {record.eval_accuracy:.3f}"
-                          if record.eval_accuracy is not None else "")
-                       + (f"  residual {record.residual:.2e}"
-                          if record.residual is not None else ""))
-    model.eval()
-    return history
+            epoch=self.position.epoch, step=self.position.step, loss=float(sums[0] / sums[2]),
+            train_accuracy=float(sums[1] / sums[2]), train_robust=robust, eval_accuracy=clean,
+            robust_accuracy=rob,
+            residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best)
+        self.log.write(asdict(record), self.progress and self.context.is_main)
+        self._save(asdict(record), is_best)
+        return record
+
+    def _save(self, metrics: dict[str, Any], is_best: bool) -> None:
+        """Checkpoint (main process only) with the position and the best score so far."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged("the weights became NaN or infinite")
+        if self.run_dir is not None and self.context.is_main:
+            save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, step=self.position.step,
+                            epoch=self.position.epoch, config=self.config,
+                            metrics={**metrics, "batch": self.position.batch,
+                                     "epoch_sums": self.sums.tolist(),
+                                     "best_score": self.best},
+                            is_best=is_best, keep_last=self.settings.keep_last,
+                            extra_generators=self.generators)
+        self.context.barrier()

@@ -1,49 +1,208 @@
 """Training objectives: the loss a training step minimises.
 
-Each objective is a validated settings object with ``loss(model, x, y) -> StepOutput``.
-``Standard`` is cross-entropy on the logits of the equilibrium (the model's forward pass, with
-the model's own gradient mode).
+Each objective is a validated settings object with
+``loss(model, x, y, randomness) -> StepOutput``:
+
+* ``Standard``: cross-entropy on clean inputs, CE(h(z(x)), y).
+* ``PGDAT`` (Madry et al. 2018): min_theta E max_{||dx|| <= eps} CE(h(z(x + dx)), y), the inner
+  max approximated by the ``attack`` (PGD) with the gradient path ``FinalState(gradient)``
+  (``gradient=None``: the model's own training gradient, Table 7 of closer-look-neurips22).
+* ``TRADES`` (Zhang et al. 2019):
+  CE(h(z(x)), y) + beta * KL(p(x) || p(x')),  x' = argmax_{||x' - x|| <= eps} KL(p(x) || p(x')),
+  the inner max by the same PGD steps ascending the KL instead of the CE.
+
+Adversaries are generated in **eval mode** (batch norm with running statistics, dropout off,
+the full deterministic solver): the attack targets exactly the model that is evaluated and
+selected, and the attack's forward passes do not update batch-norm statistics. The loss is then
+computed in train mode.
+
+Random intermediate states (``random_intermediate=True``, Eq. 10 of
+regulating-dynamics-icml23): the loss reads out h(z_i) for a state z_i of the forward solve
+with i ~ U{1, ..., T} (T the number of solver steps actually taken), drawn once per loss
+evaluation from ``randomness.depth``, a generator owned (and checkpointed) by the trainer. The
+gradient is attached at z_i by the model's gradient mode applied to the trajectory truncated at
+z_i: ``Phantom`` unrolls k damped steps from z_i, ``Implicit`` backpropagates the adjoint
+equation at z_i, ``Backprop`` unrolls i plain steps from z_0. The random depth lives only inside
+this loss: adversary generation, validation attacks, checkpoint selection and evaluation call
+the model itself (full deterministic solver).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional, Union
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from deqshield.attacks.pgd import PGD
+from deqshield.errors import InputError
+from deqshield.gradients import GradientSpec
 from deqshield.models import DEQClassifier
+from deqshield.paths import FinalState
+from deqshield.paths.base import LossFn
 from deqshield.settings import component
 from deqshield.solvers import Trajectory
 
 
 @dataclass
 class StepOutput:
-    """A training step's loss, the logits it scored, and the DEQ trajectory (None for
-    explicit models) whose equilibrium the Jacobian regulariser uses."""
+    """A training step's loss, the logits it scored, and the DEQ trajectory (None for explicit
+    models) of ``inputs`` (the clean or adversarial batch scored), whose equilibrium the
+    Jacobian regulariser uses. ``robust``: the logits belong to adversarial inputs."""
 
     loss: Tensor
     logits: Tensor
     trajectory: Optional[Trajectory]
+    inputs: Tensor
+    robust: bool = False
+
+
+@dataclass
+class StepRandomness:
+    """Generators a training step draws from; None means torch's global generator.
+
+    ``depth``: the random intermediate index i; ``attack``: PGD random starts.
+    """
+
+    depth: Optional[torch.Generator] = None
+    attack: Optional[torch.Generator] = None
 
 
 def forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Trajectory]]:
-    """Logits and, for a DEQ, its forward trajectory."""
+    """Logits and, for a DEQ, its forward trajectory (full solver, model's gradient mode)."""
     if isinstance(model, DEQClassifier):
         return model.forward_with_trajectory(x)
     return model(x), None
 
 
+def truncate(trajectory: Trajectory, i: int) -> Trajectory:
+    """The trajectory z_0..z_i of a solve that recorded its states (``final`` = z_i)."""
+    return dataclasses.replace(
+        trajectory, final=trajectory.state(i), states=trajectory.states[: i + 1],
+        abs_residual=trajectory.abs_residual[: i + 1],
+        rel_residual=trajectory.rel_residual[: i + 1],
+        iterations=trajectory.iterations.clamp(max=i))
+
+
+def random_intermediate_forward(model: nn.Module, x: Tensor,
+                                generator: Optional[torch.Generator]
+                                ) -> tuple[Tensor, Trajectory]:
+    """h(z_i) with i ~ U{1..T} and the gradient mode attached at z_i; the full trajectory."""
+    if not isinstance(model, DEQClassifier):
+        raise InputError("random_intermediate needs a DEQ model, got "
+                         f"{type(model).__name__}")
+    u = model.inject(x)
+    trajectory = model.deq.solve(u, record_states=True)
+    i = int(torch.randint(1, max(trajectory.num_steps, 1) + 1, (1,), generator=generator))
+    z = model.deq.gradient.attach(model.deq.bind(u), truncate(trajectory, i))
+    return model.head(z), trajectory
+
+
+def training_forward(model: nn.Module, x: Tensor, random_intermediate: bool,
+                     randomness: StepRandomness) -> tuple[Tensor, Optional[Trajectory]]:
+    """The logits a loss uses: the equilibrium, or a random intermediate state (Eq. 10)."""
+    if random_intermediate:
+        return random_intermediate_forward(model, x, randomness.depth)
+    return forward(model, x)
+
+
+def generate_in_eval_mode(model: nn.Module, attack: PGD, x: Tensor, y: Tensor,
+                          path: FinalState | KLToReference,
+                          generator: Optional[torch.Generator]) -> Tensor:
+    """``attack.perturb`` with the model in eval mode; the previous mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return attack.perturb(model, x, y, path, generator)
+    finally:
+        model.train(was_training)
+
+
+def kl_divergence(reference_log_probs: Tensor, logits: Tensor) -> Tensor:
+    """Per-sample KL(p || q), p = exp(reference_log_probs), q = softmax(logits)."""
+    log_q = nn.functional.log_softmax(logits, dim=1)
+    p = reference_log_probs.exp()
+    return (p * (reference_log_probs - log_q)).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class KLToReference:
+    """Gradient path for the TRADES inner maximisation: d KL(p(x) || p(x')) / dx' through
+    ``FinalState(gradient)``. PGD passes its own loss and labels; this path replaces them by the
+    KL to the fixed clean log-probabilities, so PGD's projection and steps are reused as is."""
+
+    reference_log_probs: Tensor
+    gradient: Optional[GradientSpec]
+    name: str = "kl-to-reference"
+
+    def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
+        def kl(logits: Tensor, _: Tensor) -> Tensor:
+            return kl_divergence(self.reference_log_probs, logits)
+
+        return FinalState(gradient=self.gradient).input_gradient(model, x, y, kl)
+
+
 @component
 class Standard:
-    """Cross-entropy on clean inputs."""
+    """Cross-entropy on clean inputs (optionally at a random intermediate state)."""
 
     name: Literal["standard"] = "standard"
+    random_intermediate: bool = False
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
-        logits, trajectory = forward(model, x)
-        return StepOutput(nn.functional.cross_entropy(logits, y), logits, trajectory)
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor,
+             randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        logits, trajectory = training_forward(model, x, self.random_intermediate, randomness)
+        return StepOutput(nn.functional.cross_entropy(logits, y), logits, trajectory, x)
 
 
-ObjectiveSpec = Annotated[Union[Standard], Field(discriminator="name")]
+@component
+class PGDAT:
+    """PGD adversarial training: CE on adversaries of ``attack`` with gradient ``gradient``."""
+
+    name: Literal["pgd-at"] = "pgd-at"
+    attack: PGD = PGD()
+    gradient: Optional[GradientSpec] = None
+    random_intermediate: bool = False
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor,
+             randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        x_adv = generate_in_eval_mode(model, self.attack, x, y, FinalState(gradient=self.gradient),
+                                      randomness.attack)
+        logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
+                                              randomness)
+        return StepOutput(nn.functional.cross_entropy(logits, y), logits, trajectory, x_adv,
+                          robust=True)
+
+
+@component
+class TRADES:
+    """TRADES: CE(clean) + beta KL(p(x) || p(x')), x' maximising the KL with ``attack``."""
+
+    name: Literal["trades"] = "trades"
+    beta: Annotated[float, Field(ge=0)] = 6.0
+    attack: PGD = PGD()
+    gradient: Optional[GradientSpec] = None
+    random_intermediate: bool = False
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor,
+             randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            reference = nn.functional.log_softmax(model(x), dim=1)
+        model.train(was_training)
+        x_adv = generate_in_eval_mode(model, self.attack, x, y,
+                                      KLToReference(reference, self.gradient), randomness.attack)
+        clean_logits, _ = training_forward(model, x, self.random_intermediate, randomness)
+        adv_logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
+                                                  randomness)
+        clean_log_probs = nn.functional.log_softmax(clean_logits, dim=1)
+        robust_term = kl_divergence(clean_log_probs, adv_logits).mean()
+        loss = nn.functional.cross_entropy(clean_logits, y) + self.beta * robust_term
+        return StepOutput(loss, adv_logits, trajectory, x_adv, robust=True)
+
+
+ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES], Field(discriminator="name")]

@@ -1,0 +1,48 @@
+"""Evaluation during training: clean and PGD accuracy with the full deterministic solver.
+
+Always in eval mode on the model itself (never a random-depth readout); the PGD random start
+draws from a fresh generator with a fixed seed, so evaluating never consumes training
+randomness and the same weights always get the same score.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from deqshield.attacks.pgd import PGD
+from deqshield.paths import FinalState
+
+EVAL_SEED = 0
+
+
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512,
+             device: Optional[torch.device] = None) -> float:
+    """Clean accuracy of ``model`` (eval mode, deterministic solver) on ``data``."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=batch_size):
+            x, y = x.to(device or x.device), y.to(device or y.device)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / max(total, 1)
+
+
+def robust_accuracy(model: nn.Module, data: Dataset, attack: PGD, batch_size: int = 256,
+                    device: Optional[torch.device] = None) -> float:
+    """Accuracy under ``attack`` with the ready-made final-state gradient in the model's own
+    training-gradient mode (``FinalState(gradient=None)``), in eval mode."""
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    correct = total = 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        x, y = x.to(device or x.device), y.to(device or y.device)
+        x_adv = attack.perturb(model, x, y, FinalState(), generator)
+        with torch.no_grad():
+            correct += int((model(x_adv).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)

@@ -1,0 +1,161 @@
+"""Training objectives, the loop, divergence handling and the shipped configs (tiny sizes)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import typing
+
+import pytest
+import torch
+
+from deqshield.attacks.pgd import PGD
+from deqshield.config import ExperimentConfig, TrainConfig, load_config, parse_config
+from deqshield.data import ArrayDataset
+from deqshield.gradients import Phantom
+from deqshield.models import ConvDEQ, ModelSpec
+from deqshield.solvers import Anderson
+from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
+                                TrainingDivergedError, fit)
+from deqshield.training.distributed import Context
+from deqshield.training.objectives import forward
+
+ATTACK = PGD(eps=0.1, step_size=0.05, steps=2)
+SELECTION = {"attack": ATTACK, "limit": 6}
+CPU = Context(0, 1, torch.device("cpu"))
+
+
+def synthetic(n: int = 16, seed: int = 0) -> ArrayDataset:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = (0.3 * torch.rand(n, 1, 8, 8, generator=generator)
+              + 0.2 * labels.view(-1, 1, 1, 1).float()).clamp(0, 1)
+    return ArrayDataset(images, labels, 3, "synthetic/train", ("a", "b", "c"))
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    spec = ConvDEQ(channels=4, downsample=1, pool=2, solver=Anderson(max_iter=6, tol=1e-4),
+                   gradient=Phantom(steps=2, damping=0.5))
+    return spec.build((1, 8, 8), 3)
+
+
+OBJECTIVES = [Standard(), PGDAT(attack=ATTACK), TRADES(beta=6.0, attack=ATTACK)]
+
+
+@pytest.mark.parametrize("random_intermediate", [False, True])
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
+def test_one_epoch_of_each_mode(tmp_path, objective, random_intermediate):
+    objective = type(objective)(**{**objective.__dict__,
+                                   "random_intermediate": random_intermediate})
+    settings = TrainConfig(epochs=1, batch_size=8, lr=3e-3, objective=objective,
+                           jacobian_weight=0.1, jacobian_every=2, selection=SELECTION)
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, synthetic(), synthetic(6, seed=1), settings, CPU, tmp_path,
+                      tmp_path / "metrics.jsonl", progress=False)
+    (record,) = trainer.run().epochs
+    assert torch.isfinite(torch.tensor(record.loss))
+    assert record.train_robust == (objective.name != "standard")
+    assert record.robust_accuracy is not None and record.is_best
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert line["epoch"] == 1 and line["step"] == 2
+
+
+def test_random_depth_never_reaches_evaluation():
+    """The random-depth loss draws from its generator; model outputs (eval) never do."""
+    model = tiny_model()
+    data = synthetic()
+    model.eval()
+    with torch.no_grad():
+        reference = model(data.images)
+        trajectory = model.trajectory(data.images, record_states=False)
+        deterministic = model.head(trajectory.final)
+    assert torch.equal(reference, deterministic)
+    objective = PGDAT(attack=ATTACK, random_intermediate=True)
+    depth = torch.Generator().manual_seed(3)
+    losses = set()
+    for _ in range(3):
+        model.train()
+        output = objective.loss(model, data.images, data.labels, StepRandomness(depth=depth))
+        losses.add(float(output.loss.detach()))
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(data.images), reference)
+            assert torch.equal(forward(model, data.images)[0], reference)
+    assert len(losses) > 1, "the random intermediate state should vary between steps"
+
+
+def test_random_intermediate_loss_reads_the_drawn_state():
+    model = tiny_model()
+    model.deq.gradient = Phantom(steps=1, damping=1.0)
+    data = synthetic(6)
+    generator = torch.Generator().manual_seed(5)
+    i = int(torch.randint(1, 7, (1,), generator=torch.Generator().manual_seed(5)))
+    output = Standard(random_intermediate=True).loss(model, data.images, data.labels,
+                                                     StepRandomness(depth=generator))
+    trajectory = output.trajectory
+    assert trajectory.num_steps == 6, "test assumes the solver used all its steps"
+    f = model.cell_map(data.images)
+    expected = model.head(f(trajectory.state(i)))
+    torch.testing.assert_close(output.logits, expected)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    settings = TrainConfig(epochs=2, batch_size=8, lr=1e-3, checkpoint_every=1,
+                           selection={"metric": "clean"})
+    model = tiny_model()
+    steps = []
+
+    def poison(step: int) -> None:
+        steps.append(step)
+        if step == 2:
+            with torch.no_grad():
+                model.head[-1].weight.fill_(float("nan"))
+
+    trainer = Trainer(model, synthetic(), None, settings, CPU, tmp_path, progress=False,
+                      on_step=poison)
+    with pytest.raises(TrainingDivergedError, match="step-00000001") as error:
+        trainer.run()
+    assert "weights became NaN" in str(error.value) and steps == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                  if p.name.startswith("step")) == ["step-00000001"]
+
+
+def test_residual_threshold_stops_training(tmp_path):
+    settings = TrainConfig(epochs=1, batch_size=8, divergence_residual=1e-12,
+                           selection={"metric": "clean"})
+    trainer = Trainer(tiny_model(), synthetic(), None, settings, CPU, progress=False)
+    with pytest.raises(TrainingDivergedError, match="residual"):
+        trainer.run()
+
+
+def test_fit_keeps_its_python_api(tmp_path):
+    history = fit(tiny_model(), synthetic(), epochs=1, batch_size=12, lr=1e-3,
+                  eval_data=synthetic(6, 1), metrics_path=tmp_path / "m.jsonl", progress=False)
+    assert history.epochs[0].eval_accuracy is not None
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == 1
+
+
+def shipped_configs() -> list:
+    folder = importlib.resources.files("deqshield") / "configs"
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=str)
+
+
+def test_shipped_configs_validate():
+    names = {p.name for p in shipped_configs()}
+    assert {"cifar10-deq-large-pgdat.yaml", "cifar10-deq-xl-pgdat.yaml",
+            "mnist-conv-deq-pgdat.yaml", "fashion-mnist-conv-deq-trades.yaml",
+            "digits-conv-deq-pgdat.yaml", "mnist-small-cnn-pgdat.yaml"} <= names
+    registered = {spec.__dataclass_fields__["name"].default
+                  for spec in typing.get_args(typing.get_args(ModelSpec)[0])}
+    for path in shipped_configs():
+        if "name: mdeq" in path.read_text() and "mdeq" not in registered:
+            continue
+        config = load_config(str(path))
+        assert isinstance(config, ExperimentConfig)
+        assert parse_config(config.model_dump(mode="json")) == config
+    mnist = load_config(str(next(p for p in shipped_configs()
+                                 if p.name == "mnist-conv-deq-pgdat.yaml")))
+    assert mnist.train.objective.attack.eps == pytest.approx(0.3)
