@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from deqshield.diagnostics import prediction_entropy
+from deqshield.predictions import prediction_entropy
 from deqshield.models import DEQClassifier
 from deqshield.readouts.states import Early, Ensemble, Final
 from deqshield.settings import component
