@@ -62,10 +62,20 @@ class DEQLayer(nn.Module):
         return (solver or self.solver).solve(self.bind(u.detach()), start,
                                              record_states=record_states, callback=callback)
 
-    def forward(self, u: Tensor, *, record_states: bool = False,
+    def forward(self, u: Tensor, *, gradient: Optional[GradientMode] = None,
+                record_states: bool = False,
                 callback: Optional[StateCallback] = None) -> tuple[Tensor, Trajectory]:
-        """The equilibrium with the gradient mode attached, and the forward trajectory."""
+        """The solver's state z_T with the gradient mode's backward attached, and the forward
+        trajectory.
+
+        The value is always z_T, with or without autograd, so training, attacks, readouts and
+        evaluation score the same function; the gradient mode only decides the backward pass
+        (z_T + (z_mode - stop_gradient(z_mode)), where z_mode is the mode's differentiable
+        state: f(z_T) for ``Implicit``, the unrolled state for ``Phantom`` and ``Backprop``).
+        ``gradient`` overrides the layer's mode for this call (e.g. an attack's choice).
+        """
         trajectory = self.solve(u, record_states=record_states, callback=callback)
         if not torch.is_grad_enabled():
             return trajectory.final, trajectory
-        return self.gradient.attach(self.bind(u), trajectory), trajectory
+        z_mode = (gradient or self.gradient).attach(self.bind(u), trajectory)
+        return trajectory.final + (z_mode - z_mode.detach()), trajectory

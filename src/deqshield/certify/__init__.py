@@ -19,7 +19,7 @@ from deqshield.certify.intervals import (Interval, batch_norm_interval, conv2d_i
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.certify.models import CerDEQ, CerDEQConfig, CertifiableClassifier, Evaluation
 from deqshield.certify.orthogonal import (bjorck, conv_operator_norm, infinity_norm,
-                                          scaled_orthogonal)
+                                          scaled_orthogonal, second_scaling)
 from deqshield.certify.training import (CertifiedObjective, EpsilonSchedule, certified_loss,
                                         relu_balance_regularizer, tightness_regularizer)
 
@@ -32,5 +32,5 @@ __all__ = [
     "conv2d_interval", "conv_operator_norm", "deq_extractor_init_", "equilibrium_interval",
     "ibp_init_", "ibp_init_model_", "infinity_norm", "input_box", "interval_map",
     "linear_interval", "margin_interval", "propagate", "relu_balance_regularizer",
-    "scaled_orthogonal", "tightness_regularizer", "unrolled_interval",
+    "scaled_orthogonal", "second_scaling", "tightness_regularizer", "unrolled_interval",
 ]

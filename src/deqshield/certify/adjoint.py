@@ -112,7 +112,7 @@ class AdjointSolve:
     b <- (1 - lambda) b + lambda T(b) of the phantom ``gradient`` (Geng et al. 2021), recorded
     by autograd; they carry the gradient and only shrink the residual."""
 
-    solver: SolverSpec = Anderson(memory=5, max_iter=60, tol=1e-6, stop_mode="abs")
+    solver: SolverSpec = Anderson(memory=5, max_iter=60, tol=1e-5, stop_mode="abs")
     gradient: Phantom = Phantom()
 
 

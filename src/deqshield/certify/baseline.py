@@ -21,11 +21,9 @@ from torch import Tensor, nn
 
 from deqshield.certify.init import ibp_init_model_
 from deqshield.certify.intervals import Interval, margin_interval, propagate
-from deqshield.certify.models import CertifiableClassifier, Evaluation
+from deqshield.certify.models import CertifiableClassifier, Evaluation, Positive
 from deqshield.errors import InputError
 from deqshield.settings import component
-
-Positive = Annotated[int, Field(gt=0)]
 
 
 @component

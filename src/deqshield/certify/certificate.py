@@ -51,7 +51,7 @@ def certify(model: CertifiableClassifier, x: Tensor, y: Tensor, eps: float,
         InputError: the model is in training mode, or x, y, eps or clip are invalid.
         NotConvergedError: a DEQ layer is not a certified contraction.
     """
-    if model.training:
+    if any(module.training for module in model.modules()):
         raise InputError("certify needs the model in eval mode (call model.eval()): training "
                          "mode normalises with batch statistics")
     with torch.no_grad():

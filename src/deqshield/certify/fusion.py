@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from deqshield.certify.adjoint import ConvFusion, DenseFusion, FusionOperator
-from deqshield.certify.orthogonal import bjorck, matrix_view
+from deqshield.certify.orthogonal import bjorck, matrix_view, second_scaling
 from deqshield.errors import InputError
 
 Parametrization = Literal["orthogonal", "weight_norm", "spectral_norm"]
@@ -79,9 +79,8 @@ class FusionWeight(nn.Module):
 
     def weight(self) -> Tensor:
         """The effective weight diag(gamma) factor N(V) / sqrt(n), in the shape ``shape``."""
-        matrix = self.normalized()
-        scale = self.channel_scale() * (self.factor / math.sqrt(matrix.shape[1]))
-        return (scale[:, None] * matrix).reshape(self.shape)
+        scaled = second_scaling(self.normalized(), self.factor)
+        return (self.channel_scale()[:, None] * scaled).reshape(self.shape)
 
     def operator(self) -> FusionOperator:
         weight = self.weight()

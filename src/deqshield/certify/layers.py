@@ -36,14 +36,15 @@ class EquilibriumSettings:
     """Forward and bound settings of a CerDEQ layer.
 
     Args:
-        solver: forward solver from z_0 = 0.
+        solver: forward solver from z_0 = 0 (an l2 tolerance <= delta, stop_mode "abs", makes
+            every converged sample answer, since ||.||_inf <= ||.||_2).
         gradient: k steps and damping lambda of the phantom gradient.
         residual_tolerance: delta, the largest infinity-norm residual of a returned state for
             which the model still answers (and which the certificate allows for).
         bounds: how the adjoint DEQ is solved.
     """
 
-    solver: SolverSpec = Anderson(memory=5, max_iter=50, tol=1e-5, stop_mode="abs")
+    solver: SolverSpec = Anderson(memory=5, max_iter=50, tol=5e-5, stop_mode="abs")
     gradient: Phantom = Phantom()
     residual_tolerance: Annotated[float, Field(gt=0)] = 1e-4
     bounds: AdjointSolve = AdjointSolve()

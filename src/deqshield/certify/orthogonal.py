@@ -71,14 +71,19 @@ def bjorck(weight: Tensor, iterations: int = 5) -> Tensor:
     return a.t()
 
 
+def second_scaling(matrix: Tensor, factor: float) -> Tensor:
+    """factor * W / sqrt(n) for a (m, n) matrix whose rows have l2-norm <= 1 (Prop. 3.4 and
+    the extra factor): every row then has l1-norm <= factor < 1."""
+    if not 0 < factor < 1:
+        raise InputError(f"factor must lie in (0, 1) for a strict contraction, got {factor}")
+    return factor / math.sqrt(matrix.shape[1]) * matrix
+
+
 def scaled_orthogonal(weight: Tensor, factor: float, iterations: int = 5) -> Tensor:
     """factor * bjorck(W) / sqrt(n) in the shape of ``weight`` (linear or conv): a fusion
     weight whose adjoint DEQ is a ``factor``-contraction in the infinity norm."""
-    if not 0 < factor < 1:
-        raise InputError(f"factor must lie in (0, 1) for a strict contraction, got {factor}")
-    matrix = matrix_view(weight)
-    orth = bjorck(matrix, iterations)
-    return (factor / math.sqrt(matrix.shape[1]) * orth).reshape(weight.shape)
+    orth = bjorck(matrix_view(weight), iterations)
+    return second_scaling(orth, factor).reshape(weight.shape)
 
 
 def conv_operator_norm(weight: Tensor, input_shape: Sequence[int],

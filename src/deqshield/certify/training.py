@@ -12,8 +12,8 @@ during the eps warm-up only, with tolerance tau (0.5):
 * ReLU balance: for pre-activation centres c with masks A (lower > 0, active) and I
   (upper < 0, inactive), the ratios of mean(c A) to -mean(c I) and of the spread
   sum((c - mean c)^2 A) to sum((c - mean c)^2 I), each folded to min(rho, 1 / rho) in (0, 1];
-  L_r = mean_i [ReLU(tau - rho_mean) + ReLU(tau - rho_var)] / tau (layers without both
-  active and inactive neurons contribute 0).
+  L_r = mean_i [ReLU(tau - rho_mean) + ReLU(tau - rho_var)] / tau (a layer without inactive
+  units contributes 0, as nothing pulls it away from activity; one without active units 2).
 
 For DEQ layers the pre-activation boxes are those at the adjoint DEQ's fixed point.
 eps_now follows :class:`EpsilonSchedule` (Xu et al. 2020's smoothed schedule).
@@ -87,24 +87,29 @@ def tightness_regularizer(box: Interval, preactivations: list[Interval], toleran
 
 
 def _folded_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    ratio = numerator / denominator
+    """min(rho, 1 / rho) in [0, 1] for rho = numerator / denominator, both >= 0."""
+    ratio = numerator / denominator.clamp_min(1e-12)
     return torch.minimum(ratio, 1 / ratio.clamp_min(1e-12))
 
 
 def relu_balance_regularizer(preactivations: list[Interval], tolerance: float) -> Tensor:
-    """L_r (see module docstring); 0 without pre-activation boxes."""
+    """L_r (see module docstring); 0 without pre-activation boxes. A layer without inactive
+    units contributes 0, one without active units the maximum 2."""
     if not preactivations:
         return torch.zeros(())
     terms = []
     for pre in preactivations:
         centre = pre.center
-        active = (pre.lower > 0).to(centre.dtype)
         inactive = (pre.upper < 0).to(centre.dtype)
+        if not inactive.any():
+            terms.append(centre.new_zeros(()))
+            continue
+        active = (pre.lower > 0).to(centre.dtype)
         spread = (centre - centre.mean()) ** 2
         mean_ratio = _folded_ratio((centre * active).mean(), -(centre * inactive).mean())
         var_ratio = _folded_ratio((spread * active).sum(), (spread * inactive).sum())
-        term = (F.relu(tolerance - mean_ratio) + F.relu(tolerance - var_ratio)) / tolerance
-        terms.append(term if torch.isfinite(term) else torch.zeros_like(term))
+        terms.append((F.relu(tolerance - mean_ratio) + F.relu(tolerance - var_ratio))
+                     / tolerance)
     return torch.stack(terms).mean()
 
 
@@ -137,8 +142,8 @@ def certified_loss(model: CertifiableClassifier, x: Tensor, y: Tensor, eps_now: 
     lam = settings.natural_weight
     loss = (robust + lam * natural) / (1 + lam) + weight * (tightness + balance)
     stats = {
-        "loss": float(loss), "robust_loss": float(robust), "natural_loss": float(natural),
-        "tightness": float(tightness), "relu_balance": float(balance),
+        "loss": loss.item(), "robust_loss": robust.item(), "natural_loss": natural.item(),
+        "tightness": tightness.item(), "relu_balance": balance.item(),
         "regularizer_weight": weight, "eps": float(eps_now),
         "natural_accuracy": float((evaluation.logits.argmax(1) == y).float().mean()),
         "certified_fraction": certified_fraction,

@@ -23,9 +23,7 @@ def final_state_logits(model: nn.Module, x: Tensor,
     """Differentiable logits at the final state with the given gradient mode."""
     if not isinstance(model, DEQClassifier) or gradient is None:
         return model(x)
-    u = model.inject(x)
-    trajectory = model.deq.solve(u)
-    return model.head(gradient.attach(model.deq.bind(u), trajectory))
+    return model.head(model.deq(model.inject(x), gradient=gradient)[0])
 
 
 @component
