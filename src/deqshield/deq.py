@@ -65,17 +65,20 @@ class DEQLayer(nn.Module):
     def forward(self, u: Tensor, *, gradient: Optional[GradientMode] = None,
                 record_states: bool = False,
                 callback: Optional[StateCallback] = None) -> tuple[Tensor, Trajectory]:
-        """The solver's state z_T with the gradient mode's backward attached, and the forward
-        trajectory.
+        """The equilibrium with the gradient mode's backward attached, and the trajectory.
 
-        The value is always z_T, with or without autograd, so training, attacks, readouts and
-        evaluation score the same function; the gradient mode only decides the backward pass
-        (z_T + (z_mode - stop_gradient(z_mode)), where z_mode is the mode's differentiable
-        state: f(z_T) for ``Implicit``, the unrolled state for ``Phantom`` and ``Backprop``).
+        For the implicit and phantom modes the value is the solver's state z_T, with or without
+        autograd, so training, attacks, readouts and evaluation score the same function; the
+        mode only decides the backward pass: z_T + (z_mode - stop_gradient(z_mode)), with
+        z_mode = f(z_T) (``Implicit``) or the unrolled state (``Phantom``). ``Backprop``
+        replaces the forward pass: the value is its unrolled network's state, in every mode.
         ``gradient`` overrides the layer's mode for this call (e.g. an attack's choice).
         """
+        mode = gradient or self.gradient
         trajectory = self.solve(u, record_states=record_states, callback=callback)
+        if mode.replaces_forward:
+            return mode.attach(self.bind(u), trajectory), trajectory
         if not torch.is_grad_enabled():
             return trajectory.final, trajectory
-        z_mode = (gradient or self.gradient).attach(self.bind(u), trajectory)
+        z_mode = mode.attach(self.bind(u), trajectory)
         return trajectory.final + (z_mode - z_mode.detach()), trajectory

@@ -8,7 +8,7 @@ unrolled state, not the solver's.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import ClassVar, Annotated, Literal, Optional
 
 from pydantic import Field
 from torch import Tensor
@@ -24,6 +24,7 @@ class Backprop:
     """Backpropagation through ``steps`` unrolled iterations with damping ``damping``."""
 
     name: Literal["backprop"] = "backprop"
+    replaces_forward: ClassVar[bool] = True
     steps: Optional[Annotated[int, Field(ge=1)]] = None
     damping: Annotated[float, Field(gt=0, le=1)] = 1.0
 

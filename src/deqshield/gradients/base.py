@@ -11,7 +11,7 @@ Nothing here looks at ``module.training``: gradients exist in eval mode, where a
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -22,7 +22,14 @@ CellFn = Callable[[Tensor], Tensor]
 
 @runtime_checkable
 class GradientMode(Protocol):
-    """Attach a differentiable equilibrium to a solved trajectory."""
+    """Attach a differentiable equilibrium to a solved trajectory.
+
+    ``replaces_forward`` says whether the mode's state is also the layer's forward value
+    (plain backprop through an unrolled network) or only shapes the backward pass of the
+    solver's state (implicit and phantom gradients).
+    """
+
+    replaces_forward: ClassVar[bool]
 
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
         """Return z (shape of ``trajectory.final``) carrying this mode's gradient."""

@@ -13,7 +13,7 @@ the forward solver stopped early it is the gradient of an approximation (Sec. 6.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ class Implicit:
     """Implicit differentiation; the adjoint equation is solved by ``backward_solver``."""
 
     name: Literal["implicit"] = "implicit"
+    replaces_forward: ClassVar[bool] = False
     backward_solver: SolverSpec = Anderson(max_iter=30, tol=1e-6)
 
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:

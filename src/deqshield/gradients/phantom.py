@@ -11,7 +11,7 @@ k grows with lambda in (0, 1] on a contractive f, the gradient approaches the ex
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import ClassVar, Annotated, Literal
 
 from pydantic import Field
 from torch import Tensor
@@ -33,6 +33,7 @@ class Phantom:
     """Phantom gradient with ``steps`` (k) unrolled steps and damping ``damping`` (lambda)."""
 
     name: Literal["phantom"] = "phantom"
+    replaces_forward: ClassVar[bool] = False
     steps: Annotated[int, Field(ge=1)] = 5
     damping: Annotated[float, Field(gt=0, le=1)] = 0.5
 

@@ -21,8 +21,7 @@ from torch import nn
 from deqshield.checkpoint import best_checkpoint, latest_checkpoint
 from deqshield.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, dev_split, load_dataset
-from deqshield.errors import ConfigError, InputError
-from deqshield.models import DEQClassifier
+from deqshield.errors import InputError
 from deqshield.training.distributed import Context, setup, teardown
 from deqshield.training.loop import TrainHistory, Trainer
 
@@ -71,9 +70,6 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
         seed_everything(config.train.seed)
         train_part, dev_part = load_splits(config, data_dir, download, context)
         model = config.model.build(train_part.input_shape, train_part.num_classes)
-        if config.train.pretrain_steps and not isinstance(model, DEQClassifier):
-            raise ConfigError(f"train.pretrain_steps unrolls a DEQ; model {config.model.name!r} "
-                              "is not one (set it to 0)")
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(config)))

@@ -4,10 +4,11 @@
 
 where the Jacobian term (Bai et al. 2021) is evaluated at the equilibrium of the inputs the
 objective scored (adversarial ones for PGD-AT / TRADES) on the steps the loop asks for. During
-pretraining the DEQ's gradient mode is swapped for ``Backprop(steps=K)`` (the weight-tied
-network of K unrolled iterations) and the objective for clean cross-entropy (no adversarial
-training during pretraining, Table 7 of closer-look-neurips22); the autograd graph built in the
-forward pass keeps the swapped mode for the backward pass.
+pretraining the objective is clean cross-entropy (no adversarial training during pretraining,
+Table 7 of closer-look-neurips22) and a DEQ's gradient mode is swapped for ``Backprop(steps=K)``
+(the weight-tied network of K unrolled iterations; the autograd graph built in the forward
+pass keeps the swapped mode for the backward pass). An explicit network is pretrained with the
+same clean cross-entropy, so a DEQ and its baseline get the same schedule.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from deqshield.errors import InputError
 from deqshield.gradients import Backprop, jacobian_frobenius
 from deqshield.models import DEQClassifier
 from deqshield.training.objectives import ObjectiveSpec, Standard, StepOutput, StepRandomness
@@ -48,8 +48,7 @@ class TrainStep(nn.Module):
 
     def _pretrain_loss(self, x: Tensor, y: Tensor, pretrain: Backprop) -> StepOutput:
         if not isinstance(self.model, DEQClassifier):
-            raise InputError("pretraining unrolls a DEQ; the model "
-                             f"{type(self.model).__name__} is not one")
+            return Standard().loss(self.model, x, y)
         trained_gradient = self.model.deq.gradient
         self.model.deq.gradient = pretrain
         try:
