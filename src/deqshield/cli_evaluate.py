@@ -1,53 +1,64 @@
-"""``deqshield evaluate CONFIG WEIGHTS``: the white-box protocol on trained weights.
-
-The model is built from the config's ``model`` section and loaded with
-:func:`deqshield.checkpoint.load_weights`; the data set is the config's ``data`` section, test
-split. Writes ``results.json`` and ``report.md`` into ``--out``. The lead wires
-:func:`add_evaluate_command` into ``deqshield.cli``.
-"""
+"""``deqshield evaluate RUN``: the white-box evaluation of a trained run (thin over
+:func:`deqshield.evaluation.evaluate_run`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from deqshield.attacks import PGD, AutoAttackBridge
-from deqshield.checkpoint import load_weights
-from deqshield.config import load_config
-from deqshield.data import load_dataset
-from deqshield.protocol import AttackSpec, Protocol, run_protocol
-from deqshield.readouts import Early, Ensemble, Final
+from deqshield.evaluation import SOLVERS, evaluate_run
+from deqshield.readouts import EntropyReduction
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    data = load_dataset(config.data.name, "test", config.data.root, config.data.download)
-    model = config.model.build(data.input_shape, data.num_classes)
-    load_weights(args.weights, model)
-    protocol = Protocol(
-        defenses=(Final(), Early(index=args.early_index), Ensemble()),
-        attacks=(AttackSpec(attack=PGD(steps=10), label="PGD-10"),
-                 AttackSpec(attack=AutoAttackBridge(), label="AutoAttack")),
-        eps=args.eps, quick=args.quick, early_exit=args.early_exit, seed=args.seed)
-    results = run_protocol(protocol, model, data, out_dir=Path(args.out),
-                           meta={"config": str(args.config), "weights": str(args.weights)},
+    entropy = (EntropyReduction(interval=args.entropy_interval, steps=args.entropy_steps,
+                                step_size=args.entropy_step, eps=args.eps)
+               if args.entropy else None)
+    out = Path(args.out) if args.out else None
+    results = evaluate_run(Path(args.run_dir), out, which=args.which, data_dir=args.data_dir,
+                           solver=args.solver, eps=args.eps, early_index=args.early_index,
+                           limit=args.limit, sweep=args.sweep, entropy=entropy,
+                           autoattack=not args.no_autoattack, quick=args.quick,
+                           early_exit=args.early_exit, seed=args.seed,
                            progress=not args.quiet)
     worst = results["aggregate"]["worst_case"]
-    print(f"per-sample worst case: {100 * worst['robust_accuracy']:.2f}% ({worst['defense']}); "
-          f"report in {args.out}")
+    min_max = results["aggregate"]["min_max"]
+    if min_max:
+        print(f"min-max robust accuracy: {100 * min_max['robust_accuracy']:.2f}% "
+              f"({min_max['defense']})")
+    print(f"per-sample worst case: {100 * worst['robust_accuracy']:.2f}% ({worst['defense']})")
+    print(f"report: {(out or Path(args.run_dir) / 'evaluation') / 'report.md'}")
     return 0
 
 
 def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``evaluate`` command to a ``deqshield`` sub-command parser."""
     parser = subparsers.add_parser(
-        "evaluate", help="white-box evaluation: defenses x attacks, results.json + report.md")
-    parser.add_argument("config", help="experiment config (YAML) the model was trained with")
-    parser.add_argument("weights", help="weights file written by save_weights")
-    parser.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    parser.add_argument("--eps", type=float, default=8 / 255, help="l_inf radius (default 8/255)")
-    parser.add_argument("--early-index", type=int, default=1,
-                        help="state of the early-state defense (default 1)")
+        "evaluate", help="white-box evaluation of a trained run: defenses x attacks, "
+                         "diagnostics, results.json + report.md + plots")
+    parser.add_argument("run_dir", metavar="RUN", help="run directory written by `deqshield train`")
+    parser.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    parser.add_argument("--which", choices=("best", "latest"), default="best",
+                        help="checkpoint to evaluate (default: best)")
+    parser.add_argument("--data-dir", help="data directory (overrides the run's data root)")
+    parser.add_argument("--eps", type=float, required=True, help="l_inf radius")
+    parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
+    parser.add_argument("--early-index", type=int,
+                        help="early-state index (default: chosen on the dev split)")
+    parser.add_argument("--solver", choices=sorted(SOLVERS),
+                        help="test-time solver (same max_iter/tol); broyden enables the "
+                             "simultaneous-adjoint attacks")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the full (i, K, lambda) sweep of unrolled intermediates")
+    parser.add_argument("--entropy", action="store_true",
+                        help="also evaluate the entropy-reduction defense, with adaptive "
+                             "attacks through it")
+    parser.add_argument("--entropy-interval", type=int, default=2, help="T_f (default 2)")
+    parser.add_argument("--entropy-steps", type=int, default=10, help="R (default 10)")
+    parser.add_argument("--entropy-step", type=float, default=2 / 255,
+                        help="beta (default 2/255)")
+    parser.add_argument("--no-autoattack", action="store_true",
+                        help="skip the AutoAttack columns (APGD, Square)")
     parser.add_argument("--quick", action="store_true",
                         help="few samples, capped AutoAttack budget: a smoke test")
     parser.add_argument("--early-exit", action="store_true",

@@ -99,7 +99,27 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["", "## Flags", ""]
         lines += [f"- {flag['kind']} [{flag['defense']} / {flag['attack']}]: {flag['message']}"
                   for flag in results["flags"]]
+    if results.get("diagnostics"):
+        lines += render_diagnostics(results["diagnostics"], results.get("plots", []))
     return "\n".join(lines) + "\n"
+
+
+def render_diagnostics(diagnostics: dict[str, Any], plots: Sequence[str]) -> list[str]:
+    """Per-state table of the neural dynamics and the plots."""
+    lines = ["", "## Diagnostics of the neural dynamics", "",
+             f"Early-state defense reads z_{diagnostics['early_index']}.", "",
+             "| state | clean acc. | ready-made PGD acc. | rel. error | entropy |",
+             "|---|---|---|---|---|"]
+    rows = zip(diagnostics["clean_accuracy"], diagnostics["robust_accuracy"],
+               diagnostics["relative_residual"], diagnostics["clean_entropy"])
+    for n, (clean, robust, error, entropy) in enumerate(rows):
+        lines.append(f"| z_{n} | {_percent(clean)} | {_percent(robust)} | {error:.3g} | "
+                     f"{entropy:.3f} |")
+    lines += ["", "Intermediate states that look more robust than the final one under the "
+              "ready-made attack are the robustness-accumulation sign of gradient obfuscation "
+              "(closer-look-neurips22 Fig. 2a).", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    return lines
 
 
 def write_report(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:

@@ -1,0 +1,122 @@
+"""``deqshield evaluate``: the full white-box evaluation of a trained DEQ.
+
+1. the early-state index is chosen on the development split by robustness under ready-made
+   PGD-10 (closer-look-neurips22 Sec. 5.2), unless given;
+2. diagnostics of the neural dynamics: per-state clean and robust accuracy under the
+   ready-made attack (the robustness-accumulation curve, Fig. 2a), relative error per state
+   (Fig. 2b), prediction entropy per state, the relative deviation of perturbed from clean
+   trajectories (regulating-dynamics Fig. 3c) and, with the entropy defense, its entropy change
+   per state (Fig. 3b);
+3. the defense x attack matrix of :func:`deqshield.protocol.standard.standard_protocol`, its
+   min-max and per-sample worst-case aggregates and obfuscation flags;
+4. ``results.json``, ``report.md`` and PNG plots in the output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from deqshield.attacks.pgd import PGD
+from deqshield.data import dev_split, load_dataset
+from deqshield.diagnostics import (adversarial_dataset, dynamics_deviation, entropy_change,
+                                   robustness_accumulation)
+from deqshield.models import DEQClassifier
+from deqshield.plots import plot_matrix, plot_per_state
+from deqshield.protocol import run_protocol, select_early_index, write_report
+from deqshield.protocol.standard import standard_protocol
+from deqshield.readouts import EntropyReduction
+from deqshield.runs import load_run
+from deqshield.solvers import Anderson, Broyden, Picard
+
+SOLVERS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
+
+
+def _first(data: Dataset, count: Optional[int]) -> Dataset:
+    return data if count is None else Subset(data, range(min(count, len(data))))
+
+
+def evaluate_model(model: DEQClassifier, test: Dataset, dev: Dataset, out_dir: Path, *,
+                   eps: float, early_index: Optional[int] = None, limit: Optional[int] = None,
+                   sweep: bool = False, entropy: Optional[EntropyReduction] = None,
+                   autoattack: bool = True, quick: bool = False, early_exit: bool = False,
+                   seed: int = 0, progress: bool = True,
+                   meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Run steps 1-4 of the module docstring and return the results mapping."""
+    model.eval()
+    test = _first(test, limit)
+    steps = model.deq.solver.max_iter
+    ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
+    scores: dict[int, float] = {}
+    if early_index is None:
+        early_index, scores = select_early_index(model, _first(dev, 200), range(1, steps + 1),
+                                                 attack=ready_made, seed=seed)
+    diagnostics = robustness_accumulation(model, test, ready_made, seed=seed)
+    probe = _first(test, 256)
+    x = torch.stack([probe[i][0] for i in range(len(probe))])
+    adversarial = adversarial_dataset(model, probe, ready_made, seed=seed).tensors[0]
+    diagnostics["trajectory_deviation"] = dynamics_deviation(model, x, adversarial)
+    if entropy is not None:
+        diagnostics["entropy_change_clean"] = entropy_change(model, entropy, x)
+        diagnostics["entropy_change_adversarial"] = entropy_change(model, entropy, adversarial)
+    diagnostics["early_index"] = early_index
+    diagnostics["early_selection"] = {str(k): v for k, v in scores.items()}
+    protocol = standard_protocol(model, eps=eps, early_index=early_index, sweep=sweep,
+                                 entropy=entropy, autoattack=autoattack, quick=quick,
+                                 early_exit=early_exit, seed=seed)
+    results = run_protocol(protocol, model, test, meta=meta, progress=progress)
+    results["diagnostics"] = diagnostics
+    results["plots"] = _plots(results, diagnostics, out_dir)
+    write_report(out_dir, results)
+    return results
+
+
+def _plots(results: dict[str, Any], diagnostics: dict[str, Any], out_dir: Path) -> list[str]:
+    figures = [
+        plot_per_state({"clean": diagnostics["clean_accuracy"],
+                        "ready-made PGD-10": diagnostics["robust_accuracy"]},
+                       out_dir / "robustness_accumulation.png", ylabel="accuracy",
+                       title="accuracy per state (robustness accumulation)"),
+        plot_per_state({"clean": diagnostics["relative_residual"],
+                        "perturbed": diagnostics["robust_relative_residual"]},
+                       out_dir / "relative_error.png", ylabel="||f(z)-z|| / ||f(z)||",
+                       title="relative error per state", log=True),
+        plot_per_state({"clean": diagnostics["clean_entropy"],
+                        "perturbed": diagnostics["robust_entropy"]},
+                       out_dir / "entropy.png", ylabel="prediction entropy",
+                       title="prediction entropy per state"),
+        plot_per_state({"perturbed vs clean": diagnostics["trajectory_deviation"]},
+                       out_dir / "trajectory_deviation.png", ylabel="||z~_n - z_n|| / ||z_n||",
+                       title="deviation of the perturbed dynamics", first_state=1),
+        plot_matrix(results, out_dir / "defense_attack_matrix.png"),
+    ]
+    if "entropy_change_clean" in diagnostics:
+        figures.append(plot_per_state(
+            {"clean": diagnostics["entropy_change_clean"],
+             "perturbed": diagnostics["entropy_change_adversarial"]},
+            out_dir / "entropy_change.png", ylabel="Delta H(z_n)",
+            title="entropy change by the defense", first_state=1))
+    return [figure.name for figure in figures]
+
+
+def evaluate_run(run_dir: Path, out_dir: Optional[Path] = None, *,
+                 which: Literal["best", "latest"] = "best", data_dir: Optional[str] = None,
+                 solver: Optional[str] = None, **options: Any) -> dict[str, Any]:
+    """Load a run written by ``deqshield train`` and evaluate it (see :func:`evaluate_model`).
+    ``solver`` swaps the test-time solver (same ``max_iter`` and ``tol``), e.g. ``broyden``
+    to enable the simultaneous-adjoint attacks."""
+    run = load_run(run_dir, which=which, data_dir=data_dir)
+    model = run.model
+    if solver is not None:
+        current = model.deq.solver
+        model.deq.solver = SOLVERS[solver](max_iter=current.max_iter, tol=current.tol)
+    data = run.config.data
+    full = load_dataset(data.name, "train", data_dir or data.root, data.download)
+    _, dev = dev_split(full, data.dev_fraction or 0.05, seed=data.seed)
+    meta = {"run": str(run_dir), "checkpoint": str(run.checkpoint.path),
+            "step": run.checkpoint.step, "solver": model.deq.solver.name}
+    return evaluate_model(model, run.test, dev, out_dir or Path(run_dir) / "evaluation",
+                          meta=meta, **options)
