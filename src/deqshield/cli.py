@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from deqshield import __version__
+from deqshield.cli_certify import add_certify_command
 from deqshield.cli_evaluate import add_evaluate_command
 from deqshield.cli_train import add_train_command
 from deqshield.errors import DEQShieldError
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     add_train_command(commands)
     add_evaluate_command(commands)
+    add_certify_command(commands)
     return parser
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deqshield.attacks.pgd import PGD
+from deqshield.certify import CerDEQConfig, CNN7Config
 from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
-from deqshield.training.objectives import ObjectiveSpec, Standard
+from deqshield.training.objectives import Certified, ObjectiveSpec, Standard
 
 
 class Section(BaseModel):
@@ -46,10 +47,11 @@ class DataConfig(Section):
 class SelectionConfig(Section):
     """Best-checkpoint selection on the dev split, after every epoch: ``metric`` ``robust`` is
     the accuracy under ``attack`` (ready-made PGD-10 at the final state with the model's training
-    gradient and the full deterministic solver), ``clean`` the clean accuracy; on at most
-    ``limit`` dev examples (None: all)."""
+    gradient and the full deterministic solver), ``clean`` the clean accuracy, ``certified``
+    the certified accuracy at the certified objective's eps (certified training only); on at
+    most ``limit`` dev examples (None: all)."""
 
-    metric: Literal["robust", "clean"] = "robust"
+    metric: Literal["robust", "clean", "certified"] = "robust"
     attack: PGD = PGD(steps=10)
     limit: Optional[Annotated[int, Field(ge=1)]] = 512
     batch_size: Annotated[int, Field(ge=1)] = 256
@@ -86,6 +88,13 @@ class TrainConfig(Section):
     selection: SelectionConfig = SelectionConfig()
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _certified_selection_needs_certified_training(self) -> "TrainConfig":
+        if self.selection.metric == "certified" and not isinstance(self.objective, Certified):
+            raise ValueError("selection.metric 'certified' needs objective 'certified' (its "
+                             "eps is the certified radius)")
+        return self
+
 
 class ExperimentConfig(Section):
     """A whole experiment: data, model and training."""
@@ -93,6 +102,14 @@ class ExperimentConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelSpec
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _certified_training_needs_certifiable_model(self) -> "ExperimentConfig":
+        if (isinstance(self.train.objective, Certified)
+                and not isinstance(self.model, (CerDEQConfig, CNN7Config))):
+            raise ValueError("objective 'certified' needs a certifiable model (cerdeq, cnn7), "
+                             f"got {self.model.name!r}")
+        return self
 
 
 def parse_config(raw: Union[dict[str, Any], None], source: str = "config") -> ExperimentConfig:

@@ -43,16 +43,18 @@ def evaluate_model(model: DEQClassifier, test: Dataset, dev: Dataset, out_dir: P
                    eps: float, early_index: Optional[int] = None, limit: Optional[int] = None,
                    sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
-                   seed: int = 0, progress: bool = True,
+                   seed: int = 0, progress: bool = True, dev_limit: int = 200,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Run steps 1-4 of the module docstring and return the results mapping."""
+    """Run steps 1-4 of the module docstring and return the results mapping. The early
+    index is selected on the first ``dev_limit`` dev samples."""
     model.eval()
     test = _first(test, limit)
     steps = model.deq.solver.max_iter
     ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
     scores: dict[int, float] = {}
     if early_index is None:
-        early_index, scores = select_early_index(model, _first(dev, 200), range(1, steps + 1),
+        early_index, scores = select_early_index(model, _first(dev, dev_limit),
+                                                 range(1, steps + 1),
                                                  attack=ready_made, seed=seed)
     diagnostics = robustness_accumulation(model, test, ready_made, seed=seed)
     probe = _first(test, 256)

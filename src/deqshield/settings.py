@@ -9,7 +9,7 @@ config file. Components that appear in a config under a ``name`` tag carry a
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter
 from pydantic.dataclasses import dataclass
@@ -19,9 +19,11 @@ SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 T = TypeVar("T")
 
 
-def component(cls: type[T]) -> type[T]:
-    """Class decorator: a frozen, validated dataclass that rejects unknown arguments."""
-    return dataclass(config=SETTINGS)(cls)
+def component(cls: Optional[type[T]] = None, *, kw_only: bool = False) -> Any:
+    """Class decorator: a frozen, validated dataclass that rejects unknown arguments.
+    ``@component(kw_only=True)`` allows required fields after defaulted ones (keyword-only)."""
+    decorate = dataclass(config=SETTINGS, kw_only=kw_only)
+    return decorate if cls is None else decorate(cls)
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

@@ -20,17 +20,19 @@ from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.certify.models import CerDEQ, CerDEQConfig, CertifiableClassifier, Evaluation
 from deqshield.certify.orthogonal import (bjorck, conv_operator_norm, infinity_norm,
                                           scaled_orthogonal, second_scaling)
-from deqshield.certify.training import (CertifiedObjective, EpsilonSchedule, certified_loss,
+from deqshield.certify.training import (CertifiedLoss, CertifiedObjective, EpsilonSchedule,
+                                        certified_loss, certified_objective,
                                         relu_balance_regularizer, tightness_regularizer)
 
 __all__ = [
-    "AdjointSolve", "CNN7", "CNN7Config", "CerDEQ", "CerDEQConfig", "CertifiableClassifier",
-    "CertifiedObjective", "ConvFusion", "CerDEQLayer", "DenseFusion", "EpsilonSchedule",
-    "EquilibriumBound", "EquilibriumSettings", "Evaluation", "FusionOperator", "FusionWeight",
-    "Interval", "Parametrization", "batch_norm_interval", "bjorck", "certified_loss",
-    "certified_margins", "certify", "cnn7_matching_budget", "cnn7_parameter_count",
-    "conv2d_interval", "conv_operator_norm", "deq_extractor_init_", "equilibrium_interval",
-    "ibp_init_", "ibp_init_model_", "infinity_norm", "input_box", "interval_map",
-    "linear_interval", "margin_interval", "propagate", "relu_balance_regularizer",
-    "scaled_orthogonal", "second_scaling", "tightness_regularizer", "unrolled_interval",
+    "AdjointSolve", "CNN7", "CNN7Config", "CerDEQ", "CerDEQConfig", "CerDEQLayer",
+    "CertifiableClassifier", "CertifiedLoss", "CertifiedObjective", "ConvFusion", "DenseFusion",
+    "EpsilonSchedule", "EquilibriumBound", "EquilibriumSettings", "Evaluation", "FusionOperator",
+    "FusionWeight", "Interval", "Parametrization", "batch_norm_interval", "bjorck",
+    "certified_loss", "certified_margins", "certified_objective", "certify",
+    "cnn7_matching_budget", "cnn7_parameter_count", "conv2d_interval", "conv_operator_norm",
+    "deq_extractor_init_", "equilibrium_interval", "ibp_init_", "ibp_init_model_", "infinity_norm",
+    "input_box", "interval_map", "linear_interval", "margin_interval", "propagate",
+    "relu_balance_regularizer", "scaled_orthogonal", "second_scaling", "tightness_regularizer",
+    "unrolled_interval",
 ]

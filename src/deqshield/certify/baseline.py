@@ -13,7 +13,7 @@ budget (e.g. a CerDEQ's), keeping d = 8 w as in the original.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, Sequence
 
 import torch
 from pydantic import Field
@@ -21,19 +21,27 @@ from torch import Tensor, nn
 
 from deqshield.certify.init import ibp_init_model_
 from deqshield.certify.intervals import Interval, margin_interval, propagate
-from deqshield.certify.models import CertifiableClassifier, Evaluation, Positive
+from deqshield.certify.models import (CertifiableClassifier, Evaluation, Positive,
+                                      check_data_matches)
 from deqshield.errors import InputError
 from deqshield.settings import component
 
 
 @component
 class CNN7Config:
-    """Size of a CNN-7-BN: ``width`` (w) and ``linear_width`` (d)."""
+    """Size of a CNN-7-BN: ``width`` (w) and ``linear_width`` (d); also the ``model`` section
+    ``name: cnn7`` of an experiment config (:meth:`build`)."""
 
+    name: Literal["cnn7"] = "cnn7"
     input_shape: tuple[Positive, Positive, Positive] = (3, 32, 32)
     num_classes: Annotated[int, Field(ge=2)] = 10
     width: Positive = 64
     linear_width: Positive = 512
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> "CNN7":
+        """The CNN-7 of this config, for data that must match its shape and classes."""
+        check_data_matches(self, input_shape, num_classes)
+        return CNN7(self)
 
 
 def _conv_plan(config: CNN7Config) -> list[tuple[int, int, int]]:

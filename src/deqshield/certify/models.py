@@ -20,7 +20,7 @@ The model answers where every layer's returned state has infinity-norm residual 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Sequence
 
 import torch
 from pydantic import Field
@@ -30,10 +30,24 @@ from deqshield.certify.fusion import FusionWeight, Parametrization
 from deqshield.certify.init import deq_extractor_init_
 from deqshield.certify.intervals import Interval, margin_interval
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
-from deqshield.errors import InputError
+from deqshield.errors import ConfigError, InputError
 from deqshield.settings import component
 
+if TYPE_CHECKING:
+    from deqshield.certify.baseline import CNN7Config
+
 Positive = Annotated[int, Field(gt=0)]
+
+
+def check_data_matches(config: CerDEQConfig | CNN7Config, input_shape: Sequence[int],
+                       num_classes: int) -> None:
+    """Raise :class:`ConfigError` unless the data has the configured input shape and number
+    of classes (a certified model's size is part of its config, never silently replaced)."""
+    if tuple(input_shape) != tuple(config.input_shape) or num_classes != config.num_classes:
+        raise ConfigError(
+            f"model {config.name!r} is configured for inputs {tuple(config.input_shape)} and "
+            f"{config.num_classes} classes, the data has {tuple(input_shape)} and "
+            f"{num_classes}: set model.input_shape and model.num_classes")
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,8 @@ class CertifiableClassifier(nn.Module):
 
 @component
 class CerDEQConfig:
-    """Size and settings of a CerDEQ.
+    """Size and settings of a CerDEQ; also the ``model`` section ``name: cerdeq`` of an
+    experiment config (:meth:`build`).
 
     Args:
         input_shape: (C, H, W) of the images.
@@ -94,6 +109,7 @@ class CerDEQConfig:
         equilibrium: forward / phantom-gradient / abstention / bound settings.
     """
 
+    name: Literal["cerdeq"] = "cerdeq"
     input_shape: tuple[Positive, Positive, Positive] = (3, 32, 32)
     num_classes: Annotated[int, Field(ge=2)] = 10
     conv_channels: tuple[Positive, ...] = (64, 128)
@@ -108,6 +124,11 @@ class CerDEQConfig:
     def __post_init__(self) -> None:
         if self.kernel_size % 2 == 0:
             raise InputError(f"kernel_size must be odd, got {self.kernel_size}")
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> "CerDEQ":
+        """The CerDEQ of this config, for data that must match its shape and classes."""
+        check_data_matches(self, input_shape, num_classes)
+        return CerDEQ(self)
 
 
 class CerDEQ(CertifiableClassifier):

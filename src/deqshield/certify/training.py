@@ -21,6 +21,7 @@ eps_now follows :class:`EpsilonSchedule` (Xu et al. 2020's smoothed schedule).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import torch
@@ -113,10 +114,29 @@ def relu_balance_regularizer(preactivations: list[Interval], tolerance: float) -
     return torch.stack(terms).mean()
 
 
+@dataclass(frozen=True)
+class CertifiedLoss:
+    """The objective L (scalar, differentiable), the clean logits (B, K) of the same forward
+    pass and statistics (floats) for logging."""
+
+    loss: Tensor
+    logits: Tensor
+    stats: dict[str, float]
+
+
 def certified_loss(model: CertifiableClassifier, x: Tensor, y: Tensor, eps_now: float,
                    eps_target: float, settings: CertifiedObjective = CertifiedObjective()
                    ) -> tuple[Tensor, dict[str, float]]:
-    """The objective L above for one batch, and statistics (floats) for logging.
+    """The objective L above for one batch, and statistics (floats) for logging."""
+    result = certified_objective(model, x, y, eps_now, eps_target, settings)
+    return result.loss, result.stats
+
+
+def certified_objective(model: CertifiableClassifier, x: Tensor, y: Tensor, eps_now: float,
+                        eps_target: float, settings: CertifiedObjective = CertifiedObjective()
+                        ) -> CertifiedLoss:
+    """The objective L above for one batch, with the clean logits of its single forward pass
+    (so that a training step updates batch-norm statistics once).
 
     At eps_now = 0 no bounds are computed: L_c = L_n and the regularisers are 0.
     """
@@ -149,4 +169,4 @@ def certified_loss(model: CertifiableClassifier, x: Tensor, y: Tensor, eps_now: 
         "certified_fraction": certified_fraction,
         "abstained_fraction": float((~evaluation.valid).float().mean()),
     }
-    return loss, stats
+    return CertifiedLoss(loss, evaluation.logits, stats)

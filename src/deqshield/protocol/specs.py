@@ -20,18 +20,22 @@ PathSettings = Union[PathSpec, GradientPath]
 
 
 def describe(settings: object) -> str:
-    """A short label from a settings object: ``name(field=value, ...)`` without defaults."""
-    fields = settings_dict(settings)
-    name = fields.pop("name", type(settings).__name__)
-    defaults = {f.name: f.default for f in dataclasses.fields(settings)  # type: ignore[arg-type]
-                if f.default is not dataclasses.MISSING}
-    changed = [f"{key}={value}" for key, value in fields.items()
-               if key not in defaults or _dumped(defaults[key]) != value]
-    return f"{name}({', '.join(changed)})" if changed else name
+    """A short label from a settings object: ``name(field=value, ...)`` listing the fields that
+    differ from their defaults; nested settings are described the same way."""
+    name = getattr(settings, "name", type(settings).__name__)
+    changed = []
+    for field in dataclasses.fields(settings):  # type: ignore[arg-type]
+        value = getattr(settings, field.name)
+        if field.name == "name" or (field.default is not dataclasses.MISSING
+                                    and _dumped(field.default) == _dumped(value)):
+            continue
+        shown = describe(value) if dataclasses.is_dataclass(value) else _dumped(value)
+        changed.append(f"{field.name}={shown}")
+    return f"{name}({', '.join(changed)})" if changed else str(name)
 
 
 def _dumped(value: object) -> object:
-    """A default value as it appears in :func:`settings_dict` (nested settings as mappings)."""
+    """A value as it appears in :func:`settings_dict` (nested settings as mappings)."""
     return settings_dict(value) if dataclasses.is_dataclass(value) else (
         list(value) if isinstance(value, tuple) else value)
 

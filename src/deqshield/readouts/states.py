@@ -74,12 +74,12 @@ class Final(StateReadout):
         return LastStateReader(model)
 
 
-@component
+@component(kw_only=True)
 class Early(StateReadout):
-    """head(z_index): the early-state defense (``index`` >= 1)."""
+    """head(z_index): the early-state defense (``index`` >= 1, required)."""
 
     name: Literal["early"] = "early"
-    index: Annotated[int, Field(ge=1)] = 1
+    index: Annotated[int, Field(ge=1)]
 
     def reader(self, model: DEQClassifier, steps: int) -> LastStateReader:
         return LastStateReader(model, upto=self.index)

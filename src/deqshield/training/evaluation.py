@@ -1,4 +1,5 @@
-"""Evaluation during training: clean and PGD accuracy with the full deterministic solver.
+"""Evaluation during training: clean, PGD and certified accuracy with the full deterministic
+solver.
 
 Always in eval mode on the model itself (never a random-depth readout); the PGD random start
 draws from a fresh generator with a fixed seed, so evaluating never consumes training
@@ -14,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from deqshield.attacks.pgd import PGD
+from deqshield.certify import CertifiableClassifier, certify
 from deqshield.paths import FinalState
 
 EVAL_SEED = 0
@@ -46,3 +48,17 @@ def robust_accuracy(model: nn.Module, data: Dataset, attack: PGD, batch_size: in
             correct += int((model(x_adv).argmax(1) == y).sum())
         total += len(y)
     return correct / max(total, 1)
+
+
+def certified_accuracy(model: CertifiableClassifier, data: Dataset, eps: float,
+                       clip: Optional[tuple[float, float]] = (0.0, 1.0), batch_size: int = 256,
+                       device: Optional[torch.device] = None) -> float:
+    """Fraction of ``data`` whose eps-box :func:`~deqshield.certify.certify` certifies for the
+    true label (eval mode)."""
+    model.eval()
+    certified = total = 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        x, y = x.to(device or x.device), y.to(device or y.device)
+        certified += int(certify(model, x, y, eps, clip)[0].sum())
+        total += len(y)
+    return certified / max(total, 1)

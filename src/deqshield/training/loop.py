@@ -30,9 +30,9 @@ from deqshield.data import ArrayDataset
 from deqshield.errors import DEQShieldError
 from deqshield.gradients import Backprop
 from deqshield.training.distributed import Context, epoch_indices
-from deqshield.training.evaluation import accuracy, robust_accuracy
+from deqshield.training.evaluation import accuracy, certified_accuracy, robust_accuracy
 from deqshield.training.metrics import MetricsLog
-from deqshield.training.objectives import StepRandomness
+from deqshield.training.objectives import Certified, StepRandomness
 from deqshield.training.step import TrainStep
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class EpochRecord:
     robust_accuracy: Optional[float]
     residual: Optional[float]
     is_best: bool
+    certified_accuracy: Optional[float] = None
 
 
 @dataclass
@@ -160,7 +161,8 @@ class Trainer:
                          or pos.epoch + 1 < settings.jacobian_stop_epoch))
         pretrain = (Backprop(steps=settings.pretrain_depth)
                     if pos.step < settings.pretrain_steps else None)
-        randomness = StepRandomness(self.generators["depth"], self.generators["attack"])
+        randomness = StepRandomness(self.generators["depth"], self.generators["attack"],
+                                    pos.step)
         loss, output = self.step_module(x, y, randomness, jacobian, pretrain)
         residual = (output.trajectory.rel_residual[-1].nan_to_num(0.0).sum().item()
                     if output.trajectory is not None else 0.0)
@@ -201,7 +203,7 @@ class Trainer:
 
     def _finish_epoch(self, sums: torch.Tensor, robust: bool) -> EpochRecord:
         """Evaluate on the dev split (main process), log, checkpoint."""
-        clean = rob = None
+        clean = rob = cert = None
         is_best = False
         selection = self.settings.selection
         if self.context.is_main and self.dev_data is not None:
@@ -209,14 +211,21 @@ class Trainer:
             if selection.metric == "robust":
                 rob = robust_accuracy(self.model, self.dev_data, selection.attack,
                                       selection.batch_size, self.context.device)
-            score = rob if selection.metric == "robust" else clean
+            if selection.metric == "certified":
+                objective = self.settings.objective
+                assert isinstance(objective, Certified)  # checked by TrainConfig
+                cert = certified_accuracy(self.model, self.dev_data, objective.eps,
+                                          objective.weights.clip, selection.batch_size,
+                                          self.context.device)
+            score = {"robust": rob, "clean": clean, "certified": cert}[selection.metric]
             is_best = self.best is None or score > self.best
             self.best = score if is_best else self.best
         record = EpochRecord(
             epoch=self.position.epoch, step=self.position.step, loss=float(sums[0] / sums[2]),
             train_accuracy=float(sums[1] / sums[2]), train_robust=robust, eval_accuracy=clean,
             robust_accuracy=rob,
-            residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best)
+            residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best,
+            certified_accuracy=cert)
         self.log.write(asdict(record), self.progress and self.context.is_main)
         self._save(asdict(record), is_best)
         return record

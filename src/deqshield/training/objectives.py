@@ -10,6 +10,9 @@ Each objective is a validated settings object with
 * ``TRADES`` (Zhang et al. 2019):
   CE(h(z(x)), y) + beta * KL(p(x) || p(x')),  x' = argmax_{||x' - x|| <= eps} KL(p(x) || p(x')),
   the inner max by the same PGD steps ascending the KL instead of the CE.
+* ``Certified`` (CerDEQ Sec. 3.6 / Fast-IBP): the certified objective of
+  :func:`deqshield.certify.certified_loss` at eps_now = schedule(step), the global optimizer
+  step, for a :class:`~deqshield.certify.CertifiableClassifier` (CerDEQ or CNN-7).
 
 Adversaries are generated in **eval mode** (batch norm with running statistics, dropout off,
 the full deterministic solver): the attack targets exactly the model that is evaluated and
@@ -38,6 +41,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.attacks.pgd import PGD
+from deqshield.certify import (CertifiableClassifier, CertifiedObjective, EpsilonSchedule,
+                               certified_objective)
 from deqshield.errors import InputError
 from deqshield.gradients import GradientSpec
 from deqshield.models import DEQClassifier
@@ -62,13 +67,16 @@ class StepOutput:
 
 @dataclass
 class StepRandomness:
-    """Generators a training step draws from; None means torch's global generator.
+    """Generators a training step draws from (None means torch's global generator), and the
+    step's position.
 
-    ``depth``: the random intermediate index i; ``attack``: PGD random starts.
+    ``depth``: the random intermediate index i; ``attack``: PGD random starts; ``step``: the
+    number of optimizer steps taken before this one (for schedules such as eps warm-up).
     """
 
     depth: Optional[torch.Generator] = None
     attack: Optional[torch.Generator] = None
+    step: int = 0
 
 
 def forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Trajectory]]:
@@ -205,4 +213,35 @@ class TRADES:
         return StepOutput(loss, adv_logits, trajectory, x_adv, robust=True)
 
 
-ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES], Field(discriminator="name")]
+@component
+class Certified:
+    """Certified training: L = (L_c + lambda_n L_n) / (1 + lambda_n) + lambda (L_t + L_r) at
+    eps_now = ``schedule(step)``, lambda = lambda_0 (1 - eps_now / eps), eps =
+    ``schedule.target`` (see :mod:`deqshield.certify.training`; ``weights`` holds lambda_n,
+    lambda_0, tau and the valid input range). The logits reported are the clean ones."""
+
+    name: Literal["certified"] = "certified"
+    schedule: EpsilonSchedule = EpsilonSchedule(target=8 / 255, length=1000)
+    weights: CertifiedObjective = CertifiedObjective()
+
+    def __post_init__(self) -> None:
+        if not self.schedule.target > 0:
+            raise InputError(f"certified training needs eps > 0, got {self.schedule.target}")
+
+    @property
+    def eps(self) -> float:
+        """The target radius eps."""
+        return self.schedule.target
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor,
+             randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        if not isinstance(model, CertifiableClassifier):
+            raise InputError("certified training needs a certifiable model (cerdeq, cnn7), got "
+                             f"{type(model).__name__}")
+        result = certified_objective(model, x, y, self.schedule(randomness.step), self.eps,
+                                     self.weights)
+        return StepOutput(result.loss, result.logits.detach(), None, x)
+
+
+ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES, Certified],
+                          Field(discriminator="name")]

@@ -1,0 +1,130 @@
+"""Certified training through the trainer and ``deqshield certify`` (tiny models on digits)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+
+import pytest
+import torch
+
+from deqshield.attacks.pgd import PGD
+from deqshield.certify import CNN7Config, CerDEQ, CerDEQConfig, certify, cnn7_matching_budget
+from deqshield.checkpoint import load_checkpoint
+from deqshield.cli import main
+from deqshield.cli_certify import certify_run
+from deqshield.config import load_config, parse_config
+from deqshield.data import load_dataset
+from deqshield.errors import ConfigError
+from deqshield.paths import FinalState
+from deqshield.training.objectives import Certified, StepRandomness
+from deqshield.training.run import train
+
+MODELS = {
+    "cerdeq": {"name": "cerdeq", "input_shape": [1, 8, 8], "conv_channels": [4],
+               "linear_width": 16},
+    "cnn7": {"name": "cnn7", "input_shape": [1, 8, 8], "width": 2, "linear_width": 16},
+}
+EPS_TRAIN, EPS_CERTIFY = 0.02, 0.005
+
+
+def certified_config(model: dict) -> dict:
+    return {
+        "data": {"name": "digits", "limit_train": 256},
+        "model": model,
+        "train": {"epochs": 2, "batch_size": 64, "lr": 5e-3, "grad_clip": 10.0,
+                  "objective": {"name": "certified",
+                                "schedule": {"target": EPS_TRAIN, "start": 1, "length": 3}},
+                  "selection": {"metric": "certified", "limit": 64}},
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def trained_run(request, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp(request.param)
+    result = train(parse_config(certified_config(MODELS[request.param])), run_dir,
+                   progress=False)
+    assert [r.certified_accuracy is not None for r in result.history.epochs] == [True, True]
+    return run_dir
+
+
+def test_certify_run_writes_a_consistent_report(trained_run):
+    results = certify_run(trained_run, limit=96, eps=EPS_CERTIFY, pgd_steps=10)
+    saved = json.loads((trained_run / "certify.json").read_text())
+    assert saved["accuracy"] == results["accuracy"] and saved["samples"] == 96
+    accuracy = results["accuracy"]
+    assert 0 < accuracy["certified"] <= min(accuracy["clean"], accuracy["pgd"]) + 1e-9
+    assert results["certified_broken_by_pgd"] == 0
+    errors = results["error_percent"]
+    assert errors["certified"] == pytest.approx(100 * (1 - accuracy["certified"]))
+    report = (trained_run / "certify.md").read_text()
+    assert "Stand-Err | Cert-Err | PGD-Err" in report and f"{errors['pgd']:.2f}%" in report
+    curve = results["bound_growth"]
+    assert len(curve["steps"]) == len(curve["relative_width"]) > 0
+    assert (trained_run / "bound_growth.png").stat().st_size > 0
+
+
+def test_no_certified_sample_is_broken_by_final_state_pgd(trained_run):
+    config = load_config(trained_run / "config.yaml")
+    data = load_dataset("digits", "test")
+    x, y = data.images[:128], data.labels[:128]
+    model = config.model.build(data.input_shape, data.num_classes)
+    load_checkpoint(trained_run, model=model, restore_rng=False)
+    model.eval()
+    certified, _ = certify(model, x, y, EPS_CERTIFY)
+    assert certified.any()
+    x, y = x[certified], y[certified]
+    for seed, loss in ((0, "ce"), (1, "margin")):
+        attack = PGD(eps=EPS_CERTIFY, step_size=EPS_CERTIFY / 4, steps=20, loss=loss)
+        adversarial = attack.perturb(model, x, y, FinalState(),
+                                     torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            predicted = model.predict(adversarial)
+        assert ((predicted == y) | (predicted == -1)).all()
+
+
+def test_certify_command(trained_run, tmp_path):
+    assert main(["certify", str(trained_run), "--out", str(tmp_path), "--limit", "32",
+                 "--eps", str(EPS_CERTIFY), "--pgd-steps", "2"]) == 0
+    assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 32
+
+
+def test_certified_objective_follows_the_eps_schedule():
+    objective = Certified(schedule={"target": 0.1, "start": 2, "length": 4})
+    torch.manual_seed(0)
+    model = CerDEQ(CerDEQConfig(input_shape=(1, 8, 8), conv_channels=(2,), linear_width=8))
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    clean = objective.loss(model.eval(), x, y, StepRandomness(step=0))
+    late = objective.loss(model, x, y, StepRandomness(step=10))
+    assert late.loss > clean.loss and not clean.robust
+    assert torch.equal(clean.logits, late.logits)
+
+
+def test_config_validation_for_certified_models():
+    config = parse_config(certified_config(MODELS["cerdeq"]))
+    assert isinstance(config.model, CerDEQConfig)
+    with pytest.raises(ConfigError, match="configured for inputs"):
+        config.model.build((1, 28, 28), 10)
+    bad_key = {**MODELS["cnn7"], "depth": 7}
+    with pytest.raises(ConfigError, match="depth"):
+        parse_config(certified_config(bad_key))
+    with pytest.raises(ConfigError, match="certifiable model"):
+        parse_config(certified_config({"name": "small-cnn"}))
+    pgd = certified_config(MODELS["cnn7"])
+    pgd["train"]["objective"] = {"name": "pgd-at"}
+    with pytest.raises(ConfigError, match="needs objective 'certified'"):
+        parse_config(pgd)
+    zero = certified_config(MODELS["cnn7"])
+    zero["train"]["objective"]["schedule"]["target"] = 0.0
+    with pytest.raises(ConfigError, match="eps > 0"):
+        parse_config(zero)
+
+
+def test_mnist_configs_share_the_parameter_budget():
+    folder = importlib.resources.files("deqshield") / "configs"
+    cerdeq = load_config(str(folder / "mnist-cerdeq-eps0.1.yaml"))
+    cnn7 = load_config(str(folder / "mnist-cnn7-eps0.1.yaml"))
+    assert isinstance(cnn7.model, CNN7Config) and cerdeq.train == cnn7.train
+    budget = sum(p.numel() for p in cerdeq.model.build((1, 28, 28), 10).parameters())
+    matched = cnn7_matching_budget(budget, (1, 28, 28), 10)
+    assert (cnn7.model.width, cnn7.model.linear_width) == (matched.width, matched.linear_width)
