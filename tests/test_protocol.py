@@ -111,7 +111,7 @@ def test_run_protocol_writes_consistent_results(setup, tmp_path):
     assert stored == json.loads(json.dumps(results))
     assert stored["samples"] == 6 and stored["schema_version"] == 1
     rows = stored["defenses"]
-    assert [row["label"] for row in rows] == ["final", "early"]
+    assert [row["label"] for row in rows] == ["final", "early(index=1)"]
     for row in rows:
         cells = [cell["robust_accuracy"] for cell in row["cells"]]
         assert row["min_over_attacks"] == min(cells)
