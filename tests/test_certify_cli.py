@@ -12,7 +12,7 @@ from deqshield.attacks.pgd import PGD
 from deqshield.certify import CNN7Config, CerDEQ, CerDEQConfig, certify, cnn7_matching_budget
 from deqshield.checkpoint import load_checkpoint
 from deqshield.cli import main
-from deqshield.cli_certify import certify_run
+from deqshield.certification import certify_run
 from deqshield.config import load_config, parse_config
 from deqshield.data import load_dataset
 from deqshield.errors import ConfigError
