@@ -37,16 +37,37 @@ def test_cli_help_runs():
     assert "demo" in done.stdout
 
 
-def test_demo_writes_consistent_results(tmp_path):
-    results = run_demo(tmp_path, TINY, progress=False)
-    written = json.loads((tmp_path / "results.json").read_text())
-    assert written["clean_accuracy"] == results["clean_accuracy"]
-    states = written["states"]
-    assert len(states["accuracy"]) == len(states["relative_residual"]) >= 2
-    assert 0.0 <= written["clean_accuracy"] <= 1.0
-    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == TINY.epochs
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("demo")
+    run_demo(directory, TINY, progress=False)
+    return directory
 
 
-def test_cli_demo_tiny(tmp_path, capsys):
-    assert main(["demo", "--tiny", "--quiet", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "results.json").exists()
+def test_demo_writes_consistent_report_json_and_plots(demo_dir):
+    results = json.loads((demo_dir / "results.json").read_text())
+    markdown = (demo_dir / "report.md").read_text()
+    page = (demo_dir / "report.html").read_text()
+    assert set(results["models"]) == {"PGD-AT", "PGD-AT + random intermediates"}
+    for model in results["models"].values():
+        evaluation = model["evaluation"]
+        for plot in evaluation["plots"]:
+            assert (demo_dir / model["folder"] / plot).stat().st_size > 0
+            assert f"{model['folder']}/{plot}" in page
+        for row in evaluation["defenses"]:
+            assert row["worst_case_accuracy"] <= row["clean_accuracy"]
+            assert f"{100 * row['clean_accuracy']:.1f}" in markdown
+        labels = {row["label"].split("(")[0] for row in evaluation["defenses"]}
+        assert {"final", "early", "ensemble", "entropy-reduction"} <= labels
+    assert set(results["certified"]) == {"CerDEQ", "CNN-7 (same budget)"}
+    for entry in results["certified"].values():
+        assert entry["certified_broken_by_pgd"] == 0
+        assert entry["accuracy"]["certified"] <= entry["accuracy"]["clean"]
+        assert (demo_dir / entry["folder"] / "bound_growth.png").exists()
+    assert (demo_dir / "certified_vs_clean.png").stat().st_size > 0
+    assert "<table>" in page and "Certified DEQ" in markdown
+
+
+def test_cli_demo_refuses_to_overwrite_a_previous_demo(demo_dir, capsys):
+    assert main(["demo", "--tiny", "--quiet", "--out", str(demo_dir)]) == 2
+    assert "already" in capsys.readouterr().err

@@ -1,8 +1,12 @@
-"""``deqshield demo``: the main job, offline, on the scikit-learn digits.
+"""``deqshield demo``: the whole story offline, on the scikit-learn digits, in minutes on CPU.
 
-Trains a small convolutional DEQ on the digits that ship with scikit-learn, then reports the
-clean accuracy of the equilibrium and, for every solver state z_n, its accuracy, relative
-residual and prediction entropy, and writes ``results.json`` to the output folder.
+1. Train two small convolutional DEQs with PGD-AT: plain, and with the loss on random
+   intermediate states (regulating-dynamics-icml23 Sec. 3.3).
+2. Evaluate each with the white-box protocol (closer-look-neurips22): the ready-made attack
+   that makes a DEQ look robust, the intermediate-state attacks that reveal its robustness,
+   the early / ensemble / entropy-reduction defenses, Square as a gradient-free control.
+3. Train and certify a small CerDEQ (cerdeq-icml22) beside a CNN-7 of the same budget.
+4. Write ``results.json``, ``report.md``, ``report.html`` and PNG plots into the output folder.
 """
 
 from __future__ import annotations
@@ -11,66 +15,167 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
+from deqshield.certification import certify_run
+from deqshield.certify import CerDEQConfig, cnn7_matching_budget
+from deqshield.config import parse_config
 from deqshield.data import dev_split, load_dataset
-from deqshield.diagnostics import state_statistics
-from deqshield.gradients import Phantom
-from deqshield.models import ConvDEQ
+from deqshield.demo_report import write_demo_report
+from deqshield.errors import InputError
+from deqshield.evaluation import evaluate_model
+from deqshield.readouts import EntropyReduction
+from deqshield.runs import load_run
 from deqshield.settings import settings_dict
-from deqshield.solvers import Anderson
-from deqshield.training import accuracy, fit
+from deqshield.training.run import train
+
+EPS = 0.1
+"""l_inf radius on the digits (pixels in [0, 1], 8x8 images)."""
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much work the demo does (the test suite runs a tiny one)."""
+    """How much work the demo does (the test suite runs ``TINY``)."""
 
-    epochs: int = 12
+    epochs: int = 8
     channels: int = 16
-    limit: int | None = None
+    train_limit: Optional[int] = None
+    eval_limit: int = 200
+    dev_limit: int = 200
+    attack_steps: int = 5
+    entropy_steps: int = 5
+    certified_epochs: int = 15
+    certified_channels: int = 8
+    certified_width: int = 64
+    certify_limit: Optional[int] = None
 
 
 FULL = DemoSize()
-TINY = DemoSize(epochs=1, channels=4, limit=128)
+TINY = DemoSize(epochs=1, channels=4, train_limit=96, eval_limit=8, dev_limit=8,
+                attack_steps=1, entropy_steps=1, certified_epochs=1, certified_channels=2,
+                certified_width=8, certify_limit=16)
 
 
-def run_demo(out_dir: Path, size: DemoSize = FULL, *, progress: bool = True) -> dict:
-    """Run the demo, write ``out_dir/results.json`` and return its content."""
+def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
+    """The demo's DEQ experiment (a validated config mapping)."""
+    attack = {"name": "pgd", "eps": EPS, "step_size": 2.5 * EPS / size.attack_steps,
+              "steps": size.attack_steps}
+    return {
+        "data": {"name": "digits", "dev_fraction": 0.1, "seed": 0,
+                 "limit_train": size.train_limit},
+        "model": {"name": "conv-deq", "channels": size.channels, "downsample": 1, "pool": 4,
+                  "solver": {"name": "broyden", "max_iter": 8, "tol": 1e-4},
+                  "gradient": {"name": "phantom", "steps": 5, "damping": 0.5}},
+        "train": {"epochs": size.epochs, "batch_size": 64, "lr": 3e-3,
+                  "objective": {"name": "pgd-at", "attack": attack,
+                                "random_intermediate": random_intermediate},
+                  "jacobian_weight": 0.5, "jacobian_every": 2, "pretrain_steps": 40,
+                  "pretrain_depth": 8,
+                  "selection": {"metric": "robust", "limit": size.dev_limit,
+                                "attack": {"name": "pgd", "eps": EPS, "step_size": EPS / 4,
+                                           "steps": 10}}},
+    }
+
+
+MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
+
+
+def certified_models(size: DemoSize) -> dict[str, dict[str, Any]]:
+    """A CerDEQ and the CNN-7 with the parameter budget closest to it (model sections)."""
+    cerdeq = CerDEQConfig(input_shape=(1, 8, 8), conv_channels=(size.certified_channels,),
+                          linear_width=size.certified_width)
+    budget = sum(p.numel() for p in cerdeq.build((1, 8, 8), 10).parameters())
+    cnn7 = cnn7_matching_budget(budget, (1, 8, 8), 10)
+    return {"CerDEQ": settings_dict(cerdeq), "CNN-7 (same budget)": settings_dict(cnn7)}
+
+
+def certified_config(size: DemoSize, model: dict[str, Any]) -> dict[str, Any]:
+    """Certified training (Fast-IBP objective, eps warm-up) on the digits."""
+    steps_per_epoch = -(-int(0.9 * (size.train_limit or 1438)) // 64)
+    total = size.certified_epochs * steps_per_epoch
+    return {
+        "data": {"name": "digits", "dev_fraction": 0.1, "seed": 0,
+                 "limit_train": size.train_limit},
+        "model": model,
+        "train": {"epochs": size.certified_epochs, "batch_size": 64, "lr": 1e-3,
+                  "grad_clip": 10.0,
+                  "objective": {"name": "certified",
+                                "schedule": {"target": EPS, "start": total // 10,
+                                             "length": max(total // 2, 1)}},
+                  "selection": {"metric": "certified", "limit": size.dev_limit}},
+    }
+
+
+def run_demo(out_dir: Path, size: DemoSize = FULL, *, progress: bool = True) -> dict[str, Any]:
+    """Run the demo and write its report; returns the content of ``results.json``. An output
+    folder that already holds a demo is never overwritten."""
+    if (out_dir / "runs").exists() or (out_dir / "results.json").exists():
+        raise InputError(f"{out_dir} already holds a demo; choose another folder (--out) or "
+                         "delete it")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     started = time.time()
+    say = tqdm.write if progress else (lambda *_: None)
+    certifiable = certified_models(size)
+    stages = tqdm(total=2 * len(MODELS) + 2 * len(certifiable), desc="deqshield demo",
+                  disable=not progress, position=0)
     train_full = load_dataset("digits", "train")
-    test = load_dataset("digits", "test")
-    train, dev = dev_split(train_full, 0.1, seed=0)
-    if size.limit is not None:
-        train = train.subset(range(min(size.limit, len(train))), "digits-train-limited")
-    spec = ConvDEQ(channels=size.channels, downsample=1, pool=4,
-                   solver=Anderson(max_iter=12, tol=1e-3),
-                   gradient=Phantom(steps=5, damping=0.5))
-    model = spec.build(train.input_shape, train.num_classes)
-    say = print if progress else (lambda *_: None)
-    say(f"deqshield demo: training a convolutional DEQ ({sum(p.numel() for p in model.parameters())}"
-        f" parameters) on {len(train)} scikit-learn digits")
-    history = fit(model, train, epochs=size.epochs, batch_size=64, lr=3e-3, eval_data=dev,
-                  metrics_path=out_dir / "metrics.jsonl", progress=progress)
-    clean = accuracy(model, test)
-    states = state_statistics(model, test)
-    results = {
-        "data": {"name": "digits", "train": len(train), "dev": len(dev), "test": len(test)},
-        "model": settings_dict(spec),
-        "clean_accuracy": clean,
-        "states": states.as_dict(),
-        "training": [record.__dict__ for record in history.epochs],
-        "seconds": time.time() - started,
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    say(f"\nclean test accuracy: {clean:.3f}   "
-        f"(converged fraction {states.converged_fraction:.2f})")
-    say(f"{'state':>6} {'accuracy':>9} {'rel. residual':>14} {'entropy':>8}")
-    for n, (acc, res, ent) in enumerate(zip(states.accuracy, states.relative_residual,
-                                            states.entropy)):
-        say(f"{'z_' + str(n):>6} {acc:9.3f} {res:14.2e} {ent:8.3f}")
-    say(f"\nwrote {out_dir / 'results.json'} in {results['seconds']:.0f} s")
+    _, dev = dev_split(train_full, 0.1, seed=0)
+    entropy = EntropyReduction(interval=2, steps=size.entropy_steps, step_size=EPS / 4,
+                               eps=EPS)
+    models: dict[str, Any] = {}
+    for name, random_intermediate in MODELS.items():
+        slug = name.lower().replace(" + ", "-").replace(" ", "-")
+        run_dir = out_dir / "runs" / slug
+        stages.set_postfix_str(f"training {name}")
+        config = parse_config(deq_config(size, random_intermediate))
+        result = train(config, run_dir, progress=False)
+        stages.update()
+        run = load_run(run_dir)
+        stages.set_postfix_str(f"evaluating {name}")
+        evaluation = evaluate_model(run.model, run.test, dev, out_dir / slug, eps=EPS,
+                                    limit=size.eval_limit, dev_limit=size.dev_limit,
+                                    entropy=entropy, quick=True,
+                                    progress=False, meta={"model": name, "run": str(run_dir)})
+        stages.update()
+        models[name] = {"folder": slug, "training": [record.__dict__ for record in
+                                                     result.history.epochs],
+                        "evaluation": evaluation}
+        say(_summary_line(name, evaluation))
+    certified: dict[str, Any] = {}
+    for name, section in certifiable.items():
+        slug = name.split(" ")[0].lower()
+        run_dir = out_dir / "runs" / slug
+        stages.set_postfix_str(f"certified training of {name}")
+        train(parse_config(certified_config(size, section)), run_dir, progress=False)
+        stages.update()
+        stages.set_postfix_str(f"certifying {name}")
+        certified[name] = {"folder": slug, **certify_run(run_dir, out=out_dir / slug,
+                                                         limit=size.certify_limit)}
+        stages.update()
+        accuracy = certified[name]["accuracy"]
+        say(f"{name}: clean {100 * accuracy['clean']:.1f}%, PGD {100 * accuracy['pgd']:.1f}%, "
+            f"certified {100 * accuracy['certified']:.1f}%, certified samples broken by PGD: "
+            f"{certified[name]['certified_broken_by_pgd']}")
+    stages.close()
+    results = {"eps": EPS, "data": "scikit-learn digits (8x8, 10 classes)",
+               "models": models, "certified": certified, "seconds": time.time() - started}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_demo_report(out_dir, results)
+    say(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'} "
+        f"in {results['seconds']:.0f} s")
     return results
+
+
+def _summary_line(name: str, evaluation: dict[str, Any]) -> str:
+    rows = {row["label"]: row for row in evaluation["defenses"]}
+    final = rows["final"]
+    ready = next(cell["robust_accuracy"] for cell in final["cells"]
+                 if cell["attack"] == "ready-made (phantom)")
+    worst = evaluation["aggregate"]["worst_case"]
+    return (f"{name}: clean {100 * final['clean_accuracy']:.1f}%, ready-made PGD "
+            f"{100 * ready:.1f}%, white-box worst case {100 * worst['robust_accuracy']:.1f}% "
+            f"({worst['defense']})")
