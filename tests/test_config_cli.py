@@ -71,3 +71,13 @@ def test_demo_writes_consistent_report_json_and_plots(demo_dir):
 def test_cli_demo_refuses_to_overwrite_a_previous_demo(demo_dir, capsys):
     assert main(["demo", "--tiny", "--quiet", "--out", str(demo_dir)]) == 2
     assert "already" in capsys.readouterr().err
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from deqshield.config_reference import render
+
+    reference = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert reference.read_text() == render(), \
+        "regenerate: python -m deqshield.config_reference > docs/config.md"

@@ -41,7 +41,6 @@ class DataConfig(Section):
     dev_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     seed: int = 0
     limit_train: Optional[Annotated[int, Field(ge=1)]] = None
-    limit_test: Optional[Annotated[int, Field(ge=1)]] = None
 
 
 class SelectionConfig(Section):

@@ -13,13 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 
 def plot_per_state(series: Mapping[str, Sequence[float]], path: Path, *, ylabel: str,
-                   title: str, log: bool = False, first_state: int = 0) -> Path:
-    """One line per series over the states z_first, z_first+1, ... ."""
+                   title: str, log: bool = False, first_state: int = 0,
+                   x_values: Optional[Sequence[float]] = None,
+                   xlabel: str = "solver state n (z_n)") -> Path:
+    """One line per series over the states z_first, z_first+1, ... (or over ``x_values``)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, values in series.items():
-        xs = range(first_state, first_state + len(values))
+        xs = x_values if x_values is not None else range(first_state,
+                                                         first_state + len(values))
         ax.plot(list(xs), list(values), marker="o", markersize=3, label=label)
-    ax.set_xlabel("solver state n (z_n)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
