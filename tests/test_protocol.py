@@ -44,9 +44,9 @@ def test_eps_zero_every_attack_gives_clean_accuracy(setup):
 
 def test_early_exit_matches_exhaustive_per_sample(setup):
     model, data = setup
-    specs = [AttackSpec(attack=PGD_FIXED, label="ce"),
-             AttackSpec(attack=PGD(eps=0.2, step_size=0.1, steps=2, random_start=False,
-                                   loss="margin"), label="margin")]
+    specs = [AttackSpec(attack=PGD(eps=0.2, step_size=0.1, steps=2), label="ce"),
+             AttackSpec(attack=PGD(eps=0.2, step_size=0.1, steps=2, loss="margin"),
+                        label="margin")]  # random starts: drawn per sample, not per batch
     defenses = [Final(), Ensemble()]
     full = evaluate_matrix(model, data, defenses, specs, batch_size=3, progress=False)
     fast = evaluate_matrix(model, data, defenses, specs, batch_size=3, early_exit=True,

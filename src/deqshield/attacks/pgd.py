@@ -39,15 +39,19 @@ class PGD:
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor,
                 path: Optional[GradientPath] = None,
-                generator: Optional[torch.Generator] = None) -> Tensor:
-        """Adversarial examples for (x, y); ``path`` defaults to the final-state gradient."""
+                generator: Optional[torch.Generator] = None,
+                start: Optional[Tensor] = None) -> Tensor:
+        """Adversarial examples for (x, y); ``path`` defaults to the final-state gradient.
+        ``start`` gives each sample's random-start perturbation (from :meth:`random_start_for`
+        on a larger batch, so that a sample's result does not depend on its batch); otherwise
+        it is drawn here from ``generator``."""
         path = path or FinalState()
         loss = LOSSES[self.loss]
         x = x.detach()
         x_adv = x.clone()
         if self.random_start and self.eps > 0:
-            x_adv = project(x + self._random_delta(x, generator), x, self.eps, self.norm,
-                            self.bounds)
+            delta = start if start is not None else self.random_start_for(x, generator)
+            x_adv = project(x + delta, x, self.eps, self.norm, self.bounds)
         for _ in range(self.steps):
             grad = path.input_gradient(model, x_adv, y, loss)
             x_adv = project(x_adv + self.step_size * self._direction(grad), x, self.eps,
@@ -61,7 +65,9 @@ class PGD:
         norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
         return grad / norms.view(-1, *[1] * (grad.dim() - 1))
 
-    def _random_delta(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    def random_start_for(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        """A random-start perturbation per sample of x: uniform in the l_inf ball, or
+        uniform in direction and radius^(1/d) for l_2."""
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
         if self.norm == "linf":
             return self.eps * noise.to(x.device)

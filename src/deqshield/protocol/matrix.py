@@ -3,17 +3,17 @@
 Each attack targets the defense's own prediction: AutoAttack runs on the straight-through model
 (value of the readout, gradient of the attack's path), and PGD's examples are scored with the
 readout. Only samples the defense classifies correctly are attacked; with ``early_exit`` also
-samples an earlier attack already broke are skipped. Attacks act per sample, so the per-sample
-worst case of an early-exit run equals the exhaustive run's -- bitwise for deterministic
-attacks; attacks with random starts draw per batch, so skipping samples changes the draws of
-the others and the two runs agree only in distribution.
+samples an earlier attack already broke are skipped. Attacks act per sample and PGD's random
+starts are drawn once per cell for every sample (not per batch), so the per-sample worst case
+of an early-exit run equals the exhaustive run's. AutoAttack draws its own randomness per
+batch; with AutoAttack columns the two runs agree in distribution.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deqshield.attacks.autoattack import AutoAttackBridge
+from deqshield.attacks.pgd import PGD
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.protocol.specs import AttackSpec, defense_label
 from deqshield.protocol.verdicts import SURVIVED, VerdictTable, as_verdict
@@ -40,12 +41,22 @@ def predict(model: Classifier, readout: Readout, x: Tensor, batch_size: int) -> 
 
 
 def attack_batch(model: Classifier, readout: Readout, spec: AttackSpec, x: Tensor, y: Tensor,
-                 generator: torch.Generator) -> tuple[Tensor, tuple[str, ...]]:
-    """Adversarial examples against ``readout`` and the attack's findings."""
+                 start: Optional[Tensor]) -> tuple[Tensor, tuple[str, ...]]:
+    """Adversarial examples against ``readout`` and the attack's findings; ``start`` holds
+    PGD's per-sample random starts."""
     if isinstance(spec.attack, AutoAttackBridge):
         outcome = spec.attack.perturb(model, readout, spec.path, x, y)
         return outcome.x_adv, outcome.findings
-    return spec.attack.perturb(model, x, y, spec.path, generator), ()
+    return spec.attack.perturb(model, x, y, spec.path, start=start), ()
+
+
+def random_starts(spec: AttackSpec, x_all: Tensor, seed: int) -> Optional[Tensor]:
+    """PGD's random starts for every sample, drawn once per cell from ``seed``: a sample's
+    start does not depend on which other samples share its batch, so an early-exit run gives
+    the same per-sample verdicts as the exhaustive one."""
+    if not isinstance(spec.attack, PGD):
+        return None
+    return spec.attack.random_start_for(x_all, torch.Generator().manual_seed(seed))
 
 
 def nonconverged_count(model: Classifier, x: Tensor) -> int:
@@ -94,14 +105,15 @@ def _run_cell(model: Classifier, readout: Readout, spec: AttackSpec, x_all: Tens
               seed: int, tick: Callable[[int], object]) -> tuple[Tensor, list[str], int]:
     """Attack the ``attacked`` samples batch by batch; (survived, findings, non-converged
     count). ``tick(1)`` is called after each batch."""
-    generator = torch.Generator().manual_seed(seed)
+    starts = random_starts(spec, x_all, seed)
     survived = torch.zeros_like(attacked)
     findings: list[str] = []
     unconverged = 0
     indices = attacked.nonzero().squeeze(1)
     for part in indices.split(batch_size) if len(indices) else ():  # split() of [] gives [[]]
         x, y = x_all[part], y_all[part]
-        x_adv, found = attack_batch(model, readout, spec, x, y, generator)
+        x_adv, found = attack_batch(model, readout, spec, x, y,
+                                    None if starts is None else starts[part])
         survived[part] = readout.logits(model, x_adv).argmax(dim=1) == y
         findings.extend(f for f in found if f not in findings)
         unconverged += nonconverged_count(model, x_adv)
@@ -112,7 +124,9 @@ def _run_cell(model: Classifier, readout: Readout, spec: AttackSpec, x_all: Tens
 def cell_examples(model: Classifier, readout: Readout, spec: AttackSpec, x: Tensor, y: Tensor,
                   *, batch_size: int = 128, seed: int = 0) -> Tensor:
     """Adversarial examples of one attack against one defense for all of (x, y)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.cat([attack_batch(model, readout, spec, xb, yb, generator)[0]
-                      for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+    starts = random_starts(spec, x, seed)
+    parts = torch.arange(len(y)).split(batch_size)
+    return torch.cat([attack_batch(model, readout, spec, x[part], y[part],
+                                   None if starts is None else starts[part])[0]
+                      for part in parts])
 
