@@ -81,6 +81,13 @@ def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
 
 
 MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
+DEMO_ATTACKS = ("ready-made (phantom)", "simultaneous adjoint ensemble",
+                "unrolled (i=1, K=1, lambda=1.0)", "unrolled (i=1, K=5, lambda=0.5)",
+                "unrolled ensemble", "adaptive: through entropy reduction",
+                "Square (gradient-free)")
+"""The demo's columns of the standard attack set: the ready-made attack, one of each kind of
+intermediate-state attack, the adaptive attack on the entropy defense and the gradient-free
+control (``deqshield evaluate`` runs them all)."""
 
 
 def certified_models(size: DemoSize) -> dict[str, dict[str, Any]]:
@@ -139,6 +146,7 @@ def run_demo(out_dir: Path, size: DemoSize = FULL, *, progress: bool = True) -> 
         evaluation = evaluate_model(run.model, run.test, dev, out_dir / slug, eps=EPS,
                                     limit=size.eval_limit, dev_limit=size.dev_limit,
                                     entropy=entropy, quick=True,
+                                    attack_labels=DEMO_ATTACKS,
                                     progress=False, meta={"model": name, "run": str(run_dir)})
         stages.update()
         models[name] = {"folder": slug, "training": [record.__dict__ for record in

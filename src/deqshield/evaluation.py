@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -22,8 +24,13 @@ from torch.utils.data import Dataset, Subset
 
 from deqshield.attacks.pgd import PGD
 from deqshield.data import dev_split, load_dataset
-from deqshield.diagnostics import (adversarial_dataset, dynamics_deviation, entropy_change,
-                                   robustness_accumulation)
+from deqshield.diagnostics import (
+    adversarial_dataset,
+    dynamics_deviation,
+    entropy_change,
+    robustness_accumulation,
+)
+from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
@@ -44,9 +51,11 @@ def evaluate_model(model: DEQClassifier, test: Dataset, dev: Dataset, out_dir: P
                    sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
+                   attack_labels: Optional[Sequence[str]] = None,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping. The early
-    index is selected on the first ``dev_limit`` dev samples."""
+    index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
+    those columns of the standard attack set (all by default)."""
     model.eval()
     test = _first(test, limit)
     steps = model.deq.solver.max_iter
@@ -69,6 +78,12 @@ def evaluate_model(model: DEQClassifier, test: Dataset, dev: Dataset, out_dir: P
     protocol = standard_protocol(model, eps=eps, early_index=early_index, sweep=sweep,
                                  entropy=entropy, autoattack=autoattack, quick=quick,
                                  early_exit=early_exit, seed=seed)
+    if attack_labels is not None:
+        kept = tuple(spec for spec in protocol.attacks if spec.title in attack_labels)
+        missing = set(attack_labels) - {spec.title for spec in kept}
+        if missing:
+            raise InputError(f"no such attacks in the standard set: {sorted(missing)}")
+        protocol = dataclasses.replace(protocol, attacks=kept)
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
     results["diagnostics"] = diagnostics
     results["plots"] = _plots(results, diagnostics, out_dir)
