@@ -96,12 +96,27 @@ def render_report(results: dict[str, Any]) -> str:
     lines.append(f"- per-sample worst case: {_percent(worst['robust_accuracy'])}% "
                  f"({worst['defense']})")
     if results["flags"]:
-        lines += ["", "## Flags", ""]
-        lines += [f"- {flag['kind']} [{flag['defense']} / {flag['attack']}]: {flag['message']}"
-                  for flag in results["flags"]]
+        lines += ["", "## Flags (possible gradient obfuscation)", ""] + _flag_lines(results)
     if results.get("diagnostics"):
         lines += render_diagnostics(results["diagnostics"], results.get("plots", []))
     return "\n".join(lines) + "\n"
+
+
+def _flag_lines(results: dict[str, Any]) -> list[str]:
+    """One line per flag kind and message; the cells it concerns are listed (all of them are
+    in results.json)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for flag in results["flags"]:
+        grouped.setdefault((flag["kind"], flag["message"]), []).append(
+            f"{flag['defense']} / {flag['attack']}")
+    total = len(results["defenses"]) * len(results["attacks"])
+    lines = []
+    for (kind, message), cells in grouped.items():
+        where = (f"all {total} cells" if len(cells) == total else
+                 "; ".join(cells[:4]) + (f"; and {len(cells) - 4} more" if len(cells) > 4
+                                         else ""))
+        lines.append(f"- {kind}: {message} [{where}]")
+    return lines
 
 
 def render_diagnostics(diagnostics: dict[str, Any], plots: Sequence[str]) -> list[str]:
