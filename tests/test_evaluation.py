@@ -57,3 +57,18 @@ def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, cap
     assert sum(label.startswith("entropy-reduction") for label in defenses) == 3
     assert "entropy_change_clean" in written["diagnostics"]
     assert any(attack["label"].startswith("Square") for attack in written["attacks"])
+
+
+def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
+    from deqshield.data import load_dataset
+    from deqshield.evaluation import evaluate_model
+    from deqshield.models import SmallCNN
+
+    test = load_dataset("digits", "test")
+    model = SmallCNN(channels=(4,)).build(test.input_shape, 10)
+    results = evaluate_model(model, test, test, tmp_path, eps=0.1, limit=6, quick=True,
+                             progress=False)
+    assert [row["label"] for row in results["defenses"]] == ["final"]
+    assert [a["label"] for a in results["attacks"]] == ["PGD-10", "APGD-CE/T",
+                                                        "Square (gradient-free)"]
+    assert (tmp_path / "report.md").exists() and (tmp_path / "defense_attack_matrix.png").exists()

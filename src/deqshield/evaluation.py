@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from deqshield.attacks.pgd import PGD
@@ -34,7 +35,7 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
-from deqshield.protocol.standard import standard_protocol
+from deqshield.protocol.standard import explicit_protocol, standard_protocol
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import load_run
 from deqshield.solvers import Anderson, Broyden, Picard
@@ -46,18 +47,26 @@ def _first(data: Dataset, count: Optional[int]) -> Dataset:
     return data if count is None else Subset(data, range(min(count, len(data))))
 
 
-def evaluate_model(model: DEQClassifier, test: Dataset, dev: Dataset, out_dir: Path, *,
+def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path, *,
                    eps: float, early_index: Optional[int] = None, limit: Optional[int] = None,
                    sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
                    attack_labels: Optional[Sequence[str]] = None,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Run steps 1-4 of the module docstring and return the results mapping. The early
+    """Run steps 1-4 of the module docstring and return the results mapping (an explicit
+    network gets its output attacked by PGD-10, APGD and Square instead). The early
     index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
     those columns of the standard attack set (all by default)."""
     model.eval()
     test = _first(test, limit)
+    if not isinstance(model, DEQClassifier):
+        protocol = explicit_protocol(eps=eps, autoattack=autoattack, quick=quick,
+                                     early_exit=early_exit, seed=seed)
+        results = run_protocol(protocol, model, test, meta=meta, progress=progress)
+        results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
+        write_report(out_dir, results)
+        return results
     steps = model.deq.solver.max_iter
     ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
     scores: dict[int, float] = {}
@@ -127,7 +136,7 @@ def evaluate_run(run_dir: Path, out_dir: Optional[Path] = None, *,
     to enable the simultaneous-adjoint attacks."""
     run = load_run(run_dir, which=which, data_dir=data_dir)
     model = run.model
-    if solver is not None:
+    if solver is not None and isinstance(model, DEQClassifier):
         current = model.deq.solver
         model.deq.solver = SOLVERS[solver](max_iter=current.max_iter, tol=current.tol)
     data = run.config.data

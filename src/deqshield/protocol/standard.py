@@ -28,14 +28,32 @@ from deqshield.attacks.autoattack import AutoAttackBridge
 from deqshield.attacks.pgd import PGD
 from deqshield.gradients import Implicit, Phantom
 from deqshield.models import DEQClassifier
-from deqshield.paths import (AdjointBroyden, EntropyBPDA, FinalState, SimultaneousAdjoint,
-                             ThroughEntropyReduction, UnrolledEnsemble, UnrolledIntermediate)
+from deqshield.paths import (
+    AdjointBroyden,
+    EntropyBPDA,
+    FinalState,
+    SimultaneousAdjoint,
+    ThroughEntropyReduction,
+    UnrolledEnsemble,
+    UnrolledIntermediate,
+)
 from deqshield.protocol.specs import AttackSpec, Protocol
 from deqshield.protocol.sweep import intermediate_sweep
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
 from deqshield.solvers import Broyden
 
 PGD10 = PGD(steps=10)
+
+
+def explicit_attacks(autoattack: bool = True) -> list[AttackSpec]:
+    """The attacks for an explicit network: PGD-10, APGD-CE/T and Square."""
+    specs = [AttackSpec(attack=PGD10, path=FinalState(), label="PGD-10")]
+    if autoattack:
+        specs += [AttackSpec(attack=AutoAttackBridge(attacks=("apgd-ce", "apgd-t")),
+                             label="APGD-CE/T"),
+                  AttackSpec(attack=AutoAttackBridge(attacks=("square",)),
+                             label="Square (gradient-free)")]
+    return specs
 
 
 def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = False,
@@ -77,6 +95,13 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
                   AttackSpec(attack=AutoAttackBridge(attacks=("square",)),
                              label="Square (gradient-free)")]
     return specs
+
+
+def explicit_protocol(*, eps: float, autoattack: bool = True, quick: bool = False,
+                      early_exit: bool = False, seed: int = 0) -> Protocol:
+    """The protocol for an explicit baseline: its output against :func:`explicit_attacks`."""
+    return Protocol(defenses=(Final(),), attacks=tuple(explicit_attacks(autoattack)), eps=eps,
+                    quick=quick, early_exit=early_exit, seed=seed)
 
 
 def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
+import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from deqshield.models import DEQClassifier
 from deqshield.readouts.base import StateReadout
@@ -66,12 +67,18 @@ class MeanStateReader:
 
 @component
 class Final(StateReadout):
-    """head(z_T)."""
+    """head(z_T); for an explicit network, its output."""
 
     name: Literal["final"] = "final"
 
     def reader(self, model: DEQClassifier, steps: int) -> LastStateReader:
         return LastStateReader(model)
+
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        if isinstance(model, DEQClassifier):
+            return super().logits(model, x)
+        with torch.no_grad():
+            return model(x)
 
 
 @component(kw_only=True)
