@@ -38,18 +38,23 @@ def plot_matrix(results: Mapping[str, Any], path: Path) -> Path:
     attacks = [entry["label"] for entry in results["attacks"]]
     values = [[cell["robust_accuracy"] for cell in row["cells"]] for row in defenses]
     grid = [[float("nan") if v is None else 100 * v for v in row] for row in values]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(attacks), 1.6 + 0.5 * len(defenses)))
+    fig, ax = plt.subplots(figsize=(3.5 + 0.55 * len(attacks), 2.8 + 0.45 * len(defenses)))
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(attacks)), attacks, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(defenses)), [row["label"] for row in defenses], fontsize=7)
+    ax.set_xticks(range(len(attacks)), [_short(a) for a in attacks], rotation=60, ha="right",
+                  fontsize=8)
+    ax.set_yticks(range(len(defenses)), [_short(row["label"]) for row in defenses], fontsize=8)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             if value == value:
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
                         color="white" if value < 50 else "black")
     fig.colorbar(image, ax=ax, label="robust accuracy (%)")
     ax.set_title("defense x attack")
     return _save(fig, path)
+
+
+def _short(label: str, limit: int = 34) -> str:
+    return label if len(label) <= limit else label[:limit - 3] + "..."
 
 
 def plot_bars(values: Mapping[str, Mapping[str, float]], path: Path, *, ylabel: str,
