@@ -72,3 +72,12 @@ def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
     assert [a["label"] for a in results["attacks"]] == ["PGD-10", "APGD-CE/T",
                                                         "Square (gradient-free)"]
     assert (tmp_path / "report.md").exists() and (tmp_path / "defense_attack_matrix.png").exists()
+
+
+def test_evaluate_run_of_an_explicit_baseline(tmp_path):
+    config = {**CONFIG, "model": {"name": "small-cnn", "channels": [4]}}
+    train(parse_config(config), tmp_path / "cnn", progress=False)
+    results = evaluate_run(tmp_path / "cnn", eps=0.1, limit=4, autoattack=False,
+                           progress=False)
+    assert results["meta"]["model"] == "small-cnn"
+    assert (tmp_path / "cnn" / "evaluation" / "results.json").exists()

@@ -143,6 +143,8 @@ def evaluate_run(run_dir: Path, out_dir: Optional[Path] = None, *,
     full = load_dataset(data.name, "train", data_dir or data.root, data.download)
     _, dev = dev_split(full, data.dev_fraction or 0.05, seed=data.seed)
     meta = {"run": str(run_dir), "checkpoint": str(run.checkpoint.path),
-            "step": run.checkpoint.step, "solver": model.deq.solver.name}
+            "step": run.checkpoint.step, "model": run.config.model.name}
+    if isinstance(model, DEQClassifier):
+        meta["solver"] = model.deq.solver.name
     return evaluate_model(model, run.test, dev, out_dir or Path(run_dir) / "evaluation",
                           meta=meta, **options)
