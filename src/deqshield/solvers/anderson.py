@@ -50,7 +50,7 @@ class Anderson(FixedPointSolver):
             slot, h = n % m, min(n + 1, m)
             zs[:, slot], fs[:, slot] = z, fz
             gs[:, slot] = fz - z
-            row = torch.bmm(gs[:, :h], gs[:, slot, :, None]).squeeze(-1)
+            row = torch.bmm(gs[:, slot, None, :], gs[:, :h].transpose(1, 2)).squeeze(1)
             gram[:, slot, :h] = row
             gram[:, :h, slot] = row
             alpha = self._weights(gram[:, :h, :h], slot)

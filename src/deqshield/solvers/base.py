@@ -113,6 +113,7 @@ class SolveRecorder:
         self.best_residual = torch.full((batch,), float("inf"), device=z0_flat.device,
                                         dtype=z0_flat.dtype)
         self.num_states = 0
+        self.all_active = True
 
     def emit(self, z_flat: Tensor, inverse_jacobian: Optional["LowRankInverse"] = None) -> None:
         """Publish the next state z_n (record it and/or stream it to the callback)."""
@@ -132,15 +133,21 @@ class SolveRecorder:
         self.rel_rows.append(rel_res)
         res = rel_res if self.stop_mode == "rel" else abs_res
         improved = res < self.best_residual
-        self.best = torch.where(improved[:, None], z, self.best)
-        self.best_residual = torch.where(improved, res, self.best_residual)
         self.active = self.active & ~(res <= self.tol)
-        return bool(self.active.any())
+        # one host synchronisation per step; the full-state copies below are skipped in the
+        # common case (every sample improving / active), where they would be identities
+        any_active, all_active, all_improved = torch.stack(
+            [self.active.any(), self.active.all(), improved.all()]).tolist()
+        self.all_active = all_active
+        self.best = z if all_improved else torch.where(improved[:, None], z, self.best)
+        self.best_residual = torch.where(improved, res, self.best_residual)
+        return any_active
 
     def advance(self, z: Tensor, z_new: Tensor) -> Tensor:
-        """Move active samples to z_new (frozen ones keep z). The caller emits the result."""
+        """Move active samples to z_new (frozen ones keep z). The caller emits the result.
+        States are never written in place, so returning z_new itself is safe."""
         self.iterations += self.active.long()
-        return torch.where(self.active[:, None], z_new, z)
+        return z_new if self.all_active else torch.where(self.active[:, None], z_new, z)
 
     def skip_final(self) -> None:
         """Mark the last state's residual as not evaluated."""
