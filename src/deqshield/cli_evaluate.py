@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from deqshield.evaluation import SOLVERS, evaluate_run
+from deqshield.protocol.standard import AutoAttackBudget
 from deqshield.readouts import EntropyReduction
 
 
@@ -20,6 +21,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                            limit=args.limit, sweep=args.sweep, entropy=entropy,
                            autoattack=not args.no_autoattack, quick=args.quick,
                            early_exit=args.early_exit, seed=args.seed,
+                           budget=AutoAttackBudget(apgd_iterations=args.apgd_iterations,
+                                                   square_queries=args.square_queries),
                            progress=not args.quiet)
     worst = results["aggregate"]["worst_case"]
     min_max = results["aggregate"]["min_max"]
@@ -59,6 +62,10 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="beta (default 2/255)")
     parser.add_argument("--no-autoattack", action="store_true",
                         help="skip the AutoAttack columns (APGD, Square)")
+    parser.add_argument("--apgd-iterations", type=int, default=100,
+                        help="APGD iterations (default 100, AutoAttack's)")
+    parser.add_argument("--square-queries", type=int, default=5000,
+                        help="Square queries (default 5000, AutoAttack's)")
     parser.add_argument("--quick", action="store_true",
                         help="few samples, capped AutoAttack budget: a smoke test")
     parser.add_argument("--early-exit", action="store_true",

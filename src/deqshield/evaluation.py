@@ -35,7 +35,11 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
-from deqshield.protocol.standard import explicit_protocol, standard_protocol
+from deqshield.protocol.standard import (
+    AutoAttackBudget,
+    explicit_protocol,
+    standard_protocol,
+)
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import load_run
 from deqshield.solvers import Anderson, Broyden, Picard
@@ -53,6 +57,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
                    attack_labels: Optional[Sequence[str]] = None,
+                   budget: AutoAttackBudget = AutoAttackBudget(),
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping (an explicit
     network gets its output attacked by PGD-10, APGD and Square instead). The early
@@ -62,7 +67,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     test = _first(test, limit)
     if not isinstance(model, DEQClassifier):
         protocol = explicit_protocol(eps=eps, autoattack=autoattack, quick=quick,
-                                     early_exit=early_exit, seed=seed)
+                                     early_exit=early_exit, seed=seed, budget=budget)
         results = run_protocol(protocol, model, test, meta=meta, progress=progress)
         results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
         write_report(out_dir, results)
@@ -86,7 +91,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     diagnostics["early_selection"] = {str(k): v for k, v in scores.items()}
     protocol = standard_protocol(model, eps=eps, early_index=early_index, sweep=sweep,
                                  entropy=entropy, autoattack=autoattack, quick=quick,
-                                 early_exit=early_exit, seed=seed)
+                                 early_exit=early_exit, seed=seed, budget=budget)
     if attack_labels is not None:
         kept = tuple(spec for spec in protocol.attacks if spec.title in attack_labels)
         missing = set(attack_labels) - {spec.title for spec in kept}

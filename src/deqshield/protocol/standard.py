@@ -22,7 +22,9 @@ Attacks, all PGD-10 unless noted (Sec. 4-5 and Tables 2-3, 9; regulating-dynamic
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Annotated, Optional
+
+from pydantic import Field
 
 from deqshield.attacks.autoattack import AutoAttackBridge
 from deqshield.attacks.pgd import PGD
@@ -32,6 +34,7 @@ from deqshield.paths import (
     AdjointBroyden,
     EntropyBPDA,
     FinalState,
+    PathSpec,
     SimultaneousAdjoint,
     ThroughEntropyReduction,
     UnrolledEnsemble,
@@ -40,25 +43,43 @@ from deqshield.paths import (
 from deqshield.protocol.specs import AttackSpec, Protocol
 from deqshield.protocol.sweep import intermediate_sweep
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
+from deqshield.settings import component
 from deqshield.solvers import Broyden
 
 PGD10 = PGD(steps=10)
 
 
-def explicit_attacks(autoattack: bool = True) -> list[AttackSpec]:
+@component
+class AutoAttackBudget:
+    """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000)."""
+
+    apgd_iterations: Annotated[int, Field(ge=1)] = 100
+    square_queries: Annotated[int, Field(ge=1)] = 5000
+
+
+def autoattack_columns(path: PathSpec, budget: AutoAttackBudget, label: str
+                       ) -> list[AttackSpec]:
+    """APGD-CE/T fed ``path`` and the gradient-free Square, with ``budget``."""
+    return [AttackSpec(attack=AutoAttackBridge(attacks=("apgd-ce", "apgd-t"),
+                                               apgd_iterations=budget.apgd_iterations),
+                       path=path, label=label),
+            AttackSpec(attack=AutoAttackBridge(attacks=("square",),
+                                               square_queries=budget.square_queries),
+                       label="Square (gradient-free)")]
+
+
+def explicit_attacks(autoattack: bool = True,
+                     budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
     """The attacks for an explicit network: PGD-10, APGD-CE/T and Square."""
     specs = [AttackSpec(attack=PGD10, path=FinalState(), label="PGD-10")]
     if autoattack:
-        specs += [AttackSpec(attack=AutoAttackBridge(attacks=("apgd-ce", "apgd-t")),
-                             label="APGD-CE/T"),
-                  AttackSpec(attack=AutoAttackBridge(attacks=("square",)),
-                             label="Square (gradient-free)")]
+        specs += autoattack_columns(FinalState(), budget, "APGD-CE/T")
     return specs
 
 
 def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = False,
-                     entropy: Optional[EntropyReduction] = None,
-                     autoattack: bool = True) -> list[AttackSpec]:
+                     entropy: Optional[EntropyReduction] = None, autoattack: bool = True,
+                     budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
     """The attack columns described in the module docstring."""
     steps = model.deq.solver.max_iter
     specs = [AttackSpec(attack=PGD10, path=FinalState(gradient=Phantom()),
@@ -90,30 +111,28 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
                       defense=entropy, inner=UnrolledIntermediate(index=1, steps=1)),
                       label="adaptive: entropy BPDA")]
     if autoattack:
-        specs += [AttackSpec(attack=AutoAttackBridge(attacks=("apgd-ce", "apgd-t")),
-                             path=ensemble_path, label="APGD-CE/T (unrolled ensemble)"),
-                  AttackSpec(attack=AutoAttackBridge(attacks=("square",)),
-                             label="Square (gradient-free)")]
+        specs += autoattack_columns(ensemble_path, budget, "APGD-CE/T (unrolled ensemble)")
     return specs
 
 
 def explicit_protocol(*, eps: float, autoattack: bool = True, quick: bool = False,
-                      early_exit: bool = False, seed: int = 0) -> Protocol:
+                      early_exit: bool = False, seed: int = 0,
+                      budget: AutoAttackBudget = AutoAttackBudget()) -> Protocol:
     """The protocol for an explicit baseline: its output against :func:`explicit_attacks`."""
-    return Protocol(defenses=(Final(),), attacks=tuple(explicit_attacks(autoattack)), eps=eps,
-                    quick=quick, early_exit=early_exit, seed=seed)
+    return Protocol(defenses=(Final(),), attacks=tuple(explicit_attacks(autoattack, budget)),
+                    eps=eps, quick=quick, early_exit=early_exit, seed=seed)
 
 
 def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,
                       sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                       autoattack: bool = True, quick: bool = False, early_exit: bool = False,
-                      seed: int = 0) -> Protocol:
+                      seed: int = 0, budget: AutoAttackBudget = AutoAttackBudget()) -> Protocol:
     """Defenses final / early / ensemble (each also behind ``entropy`` if given) against
     :func:`standard_attacks` at radius ``eps``."""
     defenses = [Final(), Early(index=early_index), Ensemble()]
     if entropy is not None:
         defenses += [dataclasses.replace(entropy, base=base) for base in list(defenses)]
     attacks = standard_attacks(model, early_index=early_index, sweep=sweep, entropy=entropy,
-                               autoattack=autoattack)
+                               autoattack=autoattack, budget=budget)
     return Protocol(defenses=tuple(defenses), attacks=tuple(attacks), eps=eps, quick=quick,
                     early_exit=early_exit, seed=seed)
