@@ -4,33 +4,49 @@ Each class subclasses the deqshield solver it prototypes and produces the same i
 residual rows and ``best`` state (up to float rounding); ``solver_overhead.py`` checks that
 before timing them. The changes, all confined to ``src/deqshield/solvers/``:
 
+* ``fast_check_state`` (``base.py``, ``check_state``): validate z0 with one ``aminmax`` pass.
 * ``LeanRecorder.observe`` / ``advance`` (``base.py``): while every sample is active and
   improving (always, with ``tol=0`` on a contraction), skip the two full-state ``torch.where``
   copies per step (alias ``best = z``; return ``z_new`` as is). States are never written in
   place, so the alias is safe. ``observe`` also accepts an already computed residual
   ``g = f(z) - z`` and reads its flags back with a single host synchronisation.
-* ``LeanAnderson`` (``anderson.py``): history buffers from ``new_empty`` (only written slots
-  are read), ``g`` written straight into its history slot with ``torch.sub(..., out=)`` and
-  reused by ``observe``, and no ``zs`` history when ``damping == 1`` (it is only read for
-  damping).
+* ``LeanAnderson`` (``anderson.py``): the Gram row as (B, 1, d) x (B, d, h) instead of
+  (B, h, d) x (B, d, 1) (the same numbers; ~7x faster in torch's CPU ``bmm``), ``g`` written
+  straight into its history slot with ``torch.sub(..., out=)`` and reused by ``observe``,
+  and no ``zs`` history when ``damping == 1`` (it is only read for damping).
 * ``LeanBroyden`` (``broyden.py``): one low-rank product pair per step instead of three.
   The direction ``B_n g_n`` is carried over, so ``B_n dg = B_n g_{n+1} - B_n g_n`` needs one
   ``apply`` and the next direction is ``B_{n+1} g_{n+1} = B_n g_{n+1} + u (v . g_{n+1})``
-  (a dot product and an axpy); buffers from ``new_empty``.
+  (a dot product and an axpy). ``RowLowRankInverse`` orders both ``bmm`` calls of
+  ``LowRankInverse._apply`` with the long dimension last (~7x faster on CPU).
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from deqshield.solvers import Anderson, Broyden, LowRankInverse, Picard, Trajectory
-from deqshield.solvers.base import (FixedPointSolver, FlatProblem, SolveRecorder, StateCallback,
-                                    StateFn, check_state)
+from deqshield.solvers.base import (
+    FixedPointSolver,
+    FlatProblem,
+    SolveRecorder,
+    StateCallback,
+    StateFn,
+    check_state,
+)
 
 _TINY = 1e-12
+
+
+def fast_check_state(z: Tensor) -> None:
+    """``check_state`` with one reduction pass instead of ``torch.isfinite(z).all()`` (three
+    full-size passes and a bool tensor): aminmax propagates NaN and +-Inf. Falls back to
+    ``check_state`` for its error message."""
+    if (isinstance(z, Tensor) and z.is_floating_point() and z.dim() >= 2 and z.numel() > 0
+            and bool(torch.isfinite(torch.stack(torch.aminmax(z))).all())):
+        return
+    check_state(z)
 
 
 class LeanRecorder(SolveRecorder):
@@ -38,7 +54,7 @@ class LeanRecorder(SolveRecorder):
 
     all_active: bool = True
 
-    def observe(self, z: Tensor, fz: Tensor, g: Optional[Tensor] = None) -> bool:
+    def observe(self, z: Tensor, fz: Tensor, g: Tensor | None = None) -> bool:
         """As ``SolveRecorder.observe``; ``g`` is f(z) - z when the caller already has it."""
         abs_res = (fz - z if g is None else g).norm(dim=1)
         rel_res = abs_res / (fz.norm(dim=1) + _TINY)
@@ -69,15 +85,15 @@ class RowLowRankInverse(LowRankInverse):
         if not k:
             return -x
         coeff = torch.bmm(flat[:, None], right[:, :k].transpose(1, 2))  # (B, 1, k)
-        return torch.baddbmm(flat[:, None], coeff, left[:, :k], alpha=1, beta=-1).view(x.shape)
+        return torch.bmm(coeff, left[:, :k]).squeeze(1).sub_(flat).view(x.shape)
 
 
 class LeanSolveMixin:
     """``FixedPointSolver.solve`` with a :class:`LeanRecorder`."""
 
     def solve(self: FixedPointSolver, f: StateFn, z0: Tensor, *, record_states: bool = True,
-              callback: Optional[StateCallback] = None) -> Trajectory:
-        check_state(z0)
+              callback: StateCallback | None = None) -> Trajectory:
+        fast_check_state(z0)
         problem = FlatProblem(f, z0)
         with torch.no_grad():
             z = z0.detach().reshape(z0.shape[0], -1).clone()
@@ -90,16 +106,48 @@ class LeanPicard(LeanSolveMixin, Picard):
     """Picard with the lean recorder (its loop is unchanged)."""
 
 
+class BufferPool:
+    """Resident history buffers reused across solves, keyed by shape, dtype and device.
+
+    A solve takes its buffers for its duration and gives them back, so nested solves (a
+    callback that solves) get buffers of their own. Contents are undefined: the solvers read
+    only slots they wrote. This avoids re-faulting tens of MiB of fresh pages per solve, which
+    glibc causes on CPU when it returns large freed blocks to the kernel.
+    """
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[Tensor]] = {}
+
+    def take(self, like: Tensor, *shape: int) -> Tensor:
+        stack = self.free.get((shape, like.dtype, like.device))
+        return stack.pop() if stack else like.new_empty(shape)
+
+    def give(self, *buffers: Tensor) -> None:
+        for buffer in buffers:
+            self.free.setdefault((tuple(buffer.shape), buffer.dtype, buffer.device),
+                                 []).append(buffer)
+
+
+POOL = BufferPool()
+
+
 class LeanAnderson(LeanSolveMixin, Anderson):
-    """Anderson with the lean recorder, empty buffers, in-place residuals, no unused history."""
+    """Anderson with the lean recorder, pooled buffers, a row-oriented Gram product, in-place
+    residuals and no unused history."""
 
     def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
         batch, dim = z.shape
+        fs, gs = POOL.take(z, batch, self.memory, dim), POOL.take(z, batch, self.memory, dim)
+        zs = None if self.damping == 1.0 else POOL.take(z, batch, self.memory, dim)
+        try:
+            return self._loop(f, z, rec, fs, gs, zs)
+        finally:
+            POOL.give(fs, gs, *([] if zs is None else [zs]))
+
+    def _loop(self, f: FlatProblem, z: Tensor, rec: LeanRecorder, fs: Tensor, gs: Tensor,
+              zs: Tensor | None) -> Tensor:
         m, beta = self.memory, self.damping
-        zs = None if beta == 1.0 else z.new_empty(batch, m, dim)
-        fs = z.new_empty(batch, m, dim)
-        gs = z.new_empty(batch, m, dim)
-        gram = z.new_zeros(batch, m, m)
+        gram = z.new_zeros(z.shape[0], m, m)
         rec.emit(z)
         fz = f(z)
         for n in range(self.max_iter):
@@ -129,13 +177,19 @@ class LeanAnderson(LeanSolveMixin, Anderson):
 
 
 class LeanBroyden(LeanSolveMixin, Broyden):
-    """Broyden with one ``apply`` and one ``apply_transpose`` per step."""
+    """Broyden with pooled buffers and one ``apply`` and one ``apply_transpose`` per step."""
 
     def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
         batch, dim = z.shape
         memory = self.memory or self.max_iter
-        inverse = RowLowRankInverse(z.new_empty(batch, memory, dim),
-                                    z.new_empty(batch, memory, dim), 0)
+        us, vs = POOL.take(z, batch, memory, dim), POOL.take(z, batch, memory, dim)
+        try:
+            return self._loop(f, z, rec, RowLowRankInverse(us, vs, 0))
+        finally:
+            POOL.give(us, vs)
+
+    def _loop(self, f: FlatProblem, z: Tensor, rec: LeanRecorder,
+              inverse: LowRankInverse) -> Tensor:
         rec.emit(z, inverse)
         fz = f(z)
         g = fz - z
