@@ -59,13 +59,9 @@ class Anderson(FixedPointSolver):
                 beta * mixed_f + (1 - beta) * torch.bmm(alpha[:, None], zs[:, :h]).squeeze(1))
             z = rec.advance(z, z_new)
             rec.emit(z)
-            if n + 1 < self.max_iter or self.final_residual:
+            if self._evaluates_after(n):
                 fz = f(z)
-        if self.final_residual:
-            rec.observe(z, fz)
-        else:
-            rec.skip_final()
-        return z
+        return self._close(rec, z, fz)
 
     def _weights(self, gram: Tensor, newest: int) -> Tensor:
         """Mixing weights alpha (B, h) summing to one; Picard weights where the system fails."""

@@ -201,6 +201,19 @@ class FixedPointSolver:
             z = self._iterate(problem, z, recorder)
             return recorder.finish(z)
 
+    def _evaluates_after(self, n: int) -> bool:
+        """Whether f is evaluated at the state produced by update n (0-based): always but after
+        the last update, where only ``final_residual`` asks for it."""
+        return n + 1 < self.max_iter or self.final_residual
+
+    def _close(self, rec: SolveRecorder, z: Tensor, fz: Tensor) -> Tensor:
+        """Record the last state's residual (or mark it unknown) and return the state."""
+        if self.final_residual:
+            rec.observe(z, fz)
+        else:
+            rec.skip_final()
+        return z
+
     def _iterate(self, f: FlatProblem, z: Tensor, rec: SolveRecorder) -> Tensor:
         """Run the updates from the flat z_0: for each state z_n (z_0 included) call
         ``rec.emit`` once, ``rec.observe`` with its residual, and ``rec.advance`` to move the

@@ -34,10 +34,6 @@ class Picard(FixedPointSolver):
                 return z
             z = rec.advance(z, fz if lam == 1.0 else z + lam * (fz - z))
             rec.emit(z)
-            if n + 1 < self.max_iter or self.final_residual:
+            if self._evaluates_after(n):
                 fz = f(z)
-        if self.final_residual:
-            rec.observe(z, fz)
-        else:
-            rec.skip_final()
-        return z
+        return self._close(rec, z, fz)
