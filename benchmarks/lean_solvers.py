@@ -1,24 +1,29 @@
-"""Prototypes of the proposed solver-loop fixes, for measurement only (not part of the package).
+"""Prototypes of the remaining solver-loop fixes, for measurement only (not part of the package).
 
 Each class subclasses the deqshield solver it prototypes and produces the same iterates,
-residual rows and ``best`` state (up to float rounding); ``solver_overhead.py`` checks that
-before timing them. The changes, all confined to ``src/deqshield/solvers/``:
+residual rows and ``best`` state (up to float rounding); ``solver_overhead.py`` prints the
+largest difference of the final states. The changes, all confined to
+``src/deqshield/solvers/``, on top of commit ``96c93a5`` (long-dimension-last ``bmm``,
+identity copies skipped, one host synchronisation per step):
 
-* ``fast_check_state`` (``base.py``, ``check_state``): validate z0 with one ``aminmax`` pass.
-* ``LeanRecorder.observe`` / ``advance`` (``base.py``): while every sample is active and
-  improving (always, with ``tol=0`` on a contraction), skip the two full-state ``torch.where``
-  copies per step (alias ``best = z``; return ``z_new`` as is). States are never written in
-  place, so the alias is safe. ``observe`` also accepts an already computed residual
-  ``g = f(z) - z`` and reads its flags back with a single host synchronisation.
-* ``LeanAnderson`` (``anderson.py``): the Gram row as (B, 1, d) x (B, d, h) instead of
-  (B, h, d) x (B, d, 1) (the same numbers; ~7x faster in torch's CPU ``bmm``), ``g`` written
-  straight into its history slot with ``torch.sub(..., out=)`` and reused by ``observe``,
-  and no ``zs`` history when ``damping == 1`` (it is only read for damping).
+* ``fast_check_state`` (``base.py``, ``check_state``): validate z0 with one ``aminmax`` pass
+  instead of ``torch.isfinite(z).all()`` (three full-size passes and a bool tensor; ~1.4 ms
+  against ~0.1 ms for a 128 x 8192 state).
+* ``LeanRecorder.observe`` (``base.py``, ``SolveRecorder.observe``): accepts the residual
+  ``g = f(z) - z`` when the solver already has it, instead of subtracting again.
+* ``BufferPool`` (``anderson.py`` history buffers, ``broyden.py``
+  ``LowRankInverse.identity``): reuse resident history buffers across solves. On CPU, glibc
+  hands tens of MiB freed by the previous solve back to the kernel, and ``new_zeros`` then
+  page-faults them in again on every solve (~5 ms per 20 MiB buffer here, i.e. a sizeable
+  part of an 8-step Anderson solve). Only written slots are read, so no zeroing is needed.
+* ``LeanAnderson`` (``anderson.py``): ``g`` written straight into its history slot with
+  ``torch.sub(..., out=)`` and reused by ``observe``; no ``zs`` history when
+  ``damping == 1`` (it is only read for damping).
 * ``LeanBroyden`` (``broyden.py``): one low-rank product pair per step instead of three.
   The direction ``B_n g_n`` is carried over, so ``B_n dg = B_n g_{n+1} - B_n g_n`` needs one
   ``apply`` and the next direction is ``B_{n+1} g_{n+1} = B_n g_{n+1} + u (v . g_{n+1})``
-  (a dot product and an axpy). ``RowLowRankInverse`` orders both ``bmm`` calls of
-  ``LowRankInverse._apply`` with the long dimension last (~7x faster on CPU).
+  (a dot product and an axpy). ``InPlaceLowRankInverse`` subtracts x from the product in
+  place instead of allocating ``-x`` and a sum.
 """
 
 from __future__ import annotations
@@ -40,9 +45,8 @@ _TINY = 1e-12
 
 
 def fast_check_state(z: Tensor) -> None:
-    """``check_state`` with one reduction pass instead of ``torch.isfinite(z).all()`` (three
-    full-size passes and a bool tensor): aminmax propagates NaN and +-Inf. Falls back to
-    ``check_state`` for its error message."""
+    """``check_state`` with one reduction pass: ``aminmax`` propagates NaN and +-Inf. Falls back
+    to ``check_state`` for its error message."""
     if (isinstance(z, Tensor) and z.is_floating_point() and z.dim() >= 2 and z.numel() > 0
             and bool(torch.isfinite(torch.stack(torch.aminmax(z))).all())):
         return
@@ -50,9 +54,7 @@ def fast_check_state(z: Tensor) -> None:
 
 
 class LeanRecorder(SolveRecorder):
-    """``SolveRecorder`` without the per-step full-state copies while all samples are active."""
-
-    all_active: bool = True
+    """``SolveRecorder`` that takes an already computed residual."""
 
     def observe(self, z: Tensor, fz: Tensor, g: Tensor | None = None) -> bool:
         """As ``SolveRecorder.observe``; ``g`` is f(z) - z when the caller already has it."""
@@ -62,34 +64,16 @@ class LeanRecorder(SolveRecorder):
         self.rel_rows.append(rel_res)
         res = rel_res if self.stop_mode == "rel" else abs_res
         improved = res < self.best_residual
-        self.best_residual = torch.where(improved, res, self.best_residual)
         self.active = self.active & ~(res <= self.tol)
-        all_improved, self.all_active, any_active = torch.stack(
-            [improved.all(), self.active.all(), self.active.any()]).tolist()
+        any_active, self.all_active, all_improved = torch.stack(
+            [self.active.any(), self.active.all(), improved.all()]).tolist()
         self.best = z if all_improved else torch.where(improved[:, None], z, self.best)
+        self.best_residual = torch.where(improved, res, self.best_residual)
         return any_active
-
-    def advance(self, z: Tensor, z_new: Tensor) -> Tensor:
-        """As ``SolveRecorder.advance``, returning ``z_new`` itself when every sample moves."""
-        self.iterations += self.active.long()
-        return z_new if self.all_active else torch.where(self.active[:, None], z_new, z)
-
-
-class RowLowRankInverse(LowRankInverse):
-    """``LowRankInverse`` whose products put the long dimension last in both ``bmm`` calls
-    ((B, 1, d) x (B, d, k), then (B, 1, k) x (B, k, d)), the fast orientation on CPU."""
-
-    def _apply(self, left: Tensor, right: Tensor, x: Tensor) -> Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        k = min(self.count, left.shape[1])
-        if not k:
-            return -x
-        coeff = torch.bmm(flat[:, None], right[:, :k].transpose(1, 2))  # (B, 1, k)
-        return torch.bmm(coeff, left[:, :k]).squeeze(1).sub_(flat).view(x.shape)
 
 
 class LeanSolveMixin:
-    """``FixedPointSolver.solve`` with a :class:`LeanRecorder`."""
+    """``FixedPointSolver.solve`` with ``fast_check_state`` and a :class:`LeanRecorder`."""
 
     def solve(self: FixedPointSolver, f: StateFn, z0: Tensor, *, record_states: bool = True,
               callback: StateCallback | None = None) -> Trajectory:
@@ -103,16 +87,14 @@ class LeanSolveMixin:
 
 
 class LeanPicard(LeanSolveMixin, Picard):
-    """Picard with the lean recorder (its loop is unchanged)."""
+    """Picard with ``fast_check_state`` (its loop is unchanged)."""
 
 
 class BufferPool:
     """Resident history buffers reused across solves, keyed by shape, dtype and device.
 
     A solve takes its buffers for its duration and gives them back, so nested solves (a
-    callback that solves) get buffers of their own. Contents are undefined: the solvers read
-    only slots they wrote. This avoids re-faulting tens of MiB of fresh pages per solve, which
-    glibc causes on CPU when it returns large freed blocks to the kernel.
+    callback that solves) get buffers of their own. Contents are undefined.
     """
 
     def __init__(self) -> None:
@@ -132,8 +114,7 @@ POOL = BufferPool()
 
 
 class LeanAnderson(LeanSolveMixin, Anderson):
-    """Anderson with the lean recorder, pooled buffers, a row-oriented Gram product, in-place
-    residuals and no unused history."""
+    """Anderson with pooled buffers, in-place residuals and no unused history."""
 
     def _iterate(self, f: FlatProblem, z: Tensor, rec: LeanRecorder) -> Tensor:
         batch, dim = z.shape
@@ -167,13 +148,22 @@ class LeanAnderson(LeanSolveMixin, Anderson):
                 z_new = beta * z_new + (1 - beta) * mixed_z
             z = rec.advance(z, z_new)
             rec.emit(z)
-            if n + 1 < self.max_iter or self.final_residual:
+            if self._evaluates_after(n):
                 fz = f(z)
-        if self.final_residual:
-            rec.observe(z, fz)
-        else:
-            rec.skip_final()
-        return z
+        return self._close(rec, z, fz)
+
+
+class InPlaceLowRankInverse(LowRankInverse):
+    """``LowRankInverse`` computing -x + sum_i left_i (right_i . x) with one full-size
+    allocation: the product's output is reused for the subtraction of x."""
+
+    def _apply(self, left: Tensor, right: Tensor, x: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1)
+        k = min(self.count, left.shape[1])
+        if not k:
+            return -x
+        coeff = torch.bmm(flat[:, None], right[:, :k].transpose(1, 2))  # (B, 1, k)
+        return torch.bmm(coeff, left[:, :k]).squeeze(1).sub_(flat).view(x.shape)
 
 
 class LeanBroyden(LeanSolveMixin, Broyden):
@@ -184,7 +174,7 @@ class LeanBroyden(LeanSolveMixin, Broyden):
         memory = self.memory or self.max_iter
         us, vs = POOL.take(z, batch, memory, dim), POOL.take(z, batch, memory, dim)
         try:
-            return self._loop(f, z, rec, RowLowRankInverse(us, vs, 0))
+            return self._loop(f, z, rec, InPlaceLowRankInverse(us, vs, 0))
         finally:
             POOL.give(us, vs)
 
@@ -198,7 +188,7 @@ class LeanBroyden(LeanSolveMixin, Broyden):
             if not rec.observe(z, fz, g):
                 return z
             z_new = rec.advance(z, torch.add(z, direction, alpha=-self.step_size))
-            if n + 1 == self.max_iter and not self.final_residual:
+            if not self._evaluates_after(n):
                 rec.emit(z_new, inverse)
                 rec.skip_final()
                 return z_new
@@ -214,7 +204,8 @@ class LeanBroyden(LeanSolveMixin, Broyden):
     def _update(inverse: LowRankInverse, dz: Tensor, g_new: Tensor, direction: Tensor,
                 active: Tensor) -> Tensor:
         """Rank-one update of B (as ``LowRankInverse.update``) from B_n g_{n+1}; returns the
-        next direction B_{n+1} g_{n+1}."""
+        next direction B_{n+1} g_{n+1} (without the term the update evicts, if memory is
+        full)."""
         b_g_new = inverse.apply(g_new)
         b_dg = b_g_new - direction
         v = inverse.apply_transpose(dz)
@@ -222,6 +213,9 @@ class LeanBroyden(LeanSolveMixin, Broyden):
         ok = active & (den.abs() > 1e-12 * dz.norm(dim=1) * b_dg.norm(dim=1)) & (den != 0)
         safe_den = torch.where(ok, den, torch.ones_like(den))
         slot, zero = inverse.count % inverse.us.shape[1], dz.new_zeros(())
+        if inverse.count >= inverse.us.shape[1]:
+            old_u, old_v = inverse.us[:, slot], inverse.vs[:, slot]
+            b_g_new = b_g_new - old_u * (old_v * g_new).sum(dim=1, keepdim=True)
         u = torch.where(ok[:, None], (dz - b_dg) / safe_den[:, None], zero,
                         out=inverse.us[:, slot])
         v = torch.where(ok[:, None], v, zero, out=inverse.vs[:, slot])

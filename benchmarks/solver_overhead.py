@@ -7,7 +7,7 @@ u of shape (batch, 32, 16, 16), this times, interleaved round-robin and after a 
 * deqshield's Picard, Anderson (memory 5) and Broyden with ``tol=0`` (all N steps run),
   ``record_states=False`` and ``final_residual=False`` (exactly N evaluations of f), and the
   default ``final_residual=True`` (N + 1 evaluations);
-* the prototypes of the proposed solver-loop fixes in ``lean_solvers.py`` (same iterates);
+* the prototypes of the remaining solver-loop fixes in ``lean_solvers.py`` (same iterates);
 * torchdeq's ``fixed_point_iter``, ``anderson_solver`` and ``broyden_solver`` at N iterations
   with ``tol=0`` and ``return_final=True``, when torchdeq is importable.
 
