@@ -18,8 +18,15 @@ same way), so torchdeq and deqshield are compared at equal evaluations *and* res
 ``final_residual=True``).
 
 The machine may be shared: every timing of a case is paired with a timing of the bare
-evaluations run just before it, and a case's ratio is the median over rounds of its paired
+evaluations run next to it, and a case's ratio is the median over rounds of its paired
 ratios. ``torch.set_num_threads`` is left at its default (printed).
+
+On CPU, glibc returns large freed blocks to the kernel, so a tensor allocation may page-fault
+fresh memory in; how often depends on the allocation pattern of what ran before, which makes
+the bare loop and the solvers pay unequal, varying fault costs. ``--resident-heap`` tells
+glibc (``mallopt``) to serve blocks up to 32 MiB from a heap it never trims, so after the
+warm-up nothing faults and the ratios measure the solvers' own work; the default keeps
+glibc's behaviour (what a user gets).
 
     python benchmarks/solver_overhead.py [--quick] [--out DIR]
 """
@@ -27,6 +34,8 @@ ratios. ``torch.set_num_threads`` is left at its default (printed).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import statistics
 import sys
@@ -49,6 +58,7 @@ TARGETS = {"picard": 1.15, "anderson": 1.15, "broyden": 1.3}
 """The issue's targets for (N-step solve time) / (N bare cell evaluations)."""
 
 ANDERSON_MEMORY = 5
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 BUSY_SPREAD = 1.2
 """A bare-evaluation median this much above its minimum flags a busy machine."""
 SOLVER_CLASSES = {
@@ -168,9 +178,10 @@ def measure(cases: list[Case], f: CountingMap, repeats: int, warmup: int,
             device: torch.device) -> None:
     """Count evaluations and residuals, warm up, then time every case ``repeats`` times.
 
-    Each timing of a case is paired with a timing of the bare evaluations just before it,
-    and the ratio of the pair is recorded: a slow phase of the shared machine then inflates
-    both sides of a pair. Cases run round-robin with a rotating start."""
+    Each timing of a case is paired with a timing of the bare evaluations right before or
+    after it (alternating, so neither side always inherits the other's allocator and cache
+    state), and the ratio of the pair is recorded: a slow phase of the shared machine then
+    inflates both sides of a pair. Cases run round-robin with a rotating start."""
     for case in cases:
         before = f.calls
         case.final = case.run()
@@ -183,8 +194,9 @@ def measure(cases: list[Case], f: CountingMap, repeats: int, warmup: int,
     for r in range(repeats):
         for i in range(len(others)):
             case = others[(i + r) % len(others)]
-            bare.times.append(timed(bare.run, device))
-            case.times.append(timed(case.run, device))
+            pair = (bare, case) if (i + r) % 2 else (case, bare)
+            for member in pair:
+                member.times.append(timed(member.run, device))
             case.ratios.append(case.times[-1] / bare.times[-1])
 
 
@@ -240,9 +252,9 @@ def print_report(summary: dict) -> None:
     print(f"deqshield solver overhead: torch {cfg['torch']}, device {cfg['device']}, "
           f"{cfg['threads']} threads, batch {cfg['batch']}, state {tuple(cfg['state'])}, "
           f"N = {cfg['iters']}, {cfg['repeats']} interleaved rounds after {cfg['warmup']} "
-          f"warm-up rounds")
-    print("ratio: median over rounds of (case time / time of the bare evaluations run just "
-          "before it); per eval: ratio x N / evals; min/min: fastest case / fastest bare")
+          f"warm-up rounds, {'resident heap' if cfg['resident_heap'] else 'default glibc heap'}")
+    print("ratio: median over rounds of (case time / time of the bare evaluations run next "
+          "to it); per eval: ratio x N / evals; min/min: fastest case / fastest bare")
     print(f"{'case':38s} {'evals':>5s} {'median ms':>9s} {'min ms':>8s} {'ratio':>6s} "
           f"{'per eval':>8s} {'min/min':>7s} {'rel. residual':>13s}")
     for row in summary["cases"]:
@@ -290,9 +302,10 @@ def plot(summary: dict, path: Path) -> None:
     ax.invert_yaxis()
     cfg = summary["config"]
     ax.set_xlabel(f"time / ({cfg['iters']} bare cell evaluations)")
+    heap = ", resident heap" if cfg["resident_heap"] else ""
     ax.set_title(f"ConvCell(32) batch {cfg['batch']}, N = {cfg['iters']}, "
-                 f"{cfg['threads']} threads ({cfg['device']})")
-    ax.legend(loc="lower right")
+                 f"{cfg['threads']} threads ({cfg['device']}{heap})")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -307,6 +320,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--init-scale", type=float, default=0.5,
                         help="ConvCell init_scale (ConvDEQ's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resident-heap", action="store_true",
+                        help="keep freed memory resident (glibc mallopt), see above")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="batch 32, 5 repeats, 1 warm-up round")
@@ -317,8 +332,19 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def keep_heap_resident() -> None:
+    """Serve blocks up to 32 MiB (glibc's maximum mmap threshold) from a heap that is trimmed
+    only above 1 GiB of free memory at its top."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)
+            and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 30)):
+        raise RuntimeError("mallopt failed: --resident-heap needs glibc")
+
+
 def main() -> None:
     args = parse_args()
+    if args.resident_heap:
+        keep_heap_resident()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     cell = ConvCell(32, args.init_scale).to(device).eval()
@@ -332,6 +358,7 @@ def main() -> None:
                    "threads": torch.get_num_threads(), "batch": args.batch,
                    "state": list(u.shape[1:]), "iters": args.iters, "repeats": args.repeats,
                    "warmup": args.warmup, "init_scale": args.init_scale, "seed": args.seed,
+                   "resident_heap": args.resident_heap,
                    "command": " ".join(sys.argv)},
         "cases": [case_row(c, cases[0], args.iters) for c in cases],
         "targets": verdicts(cases),
