@@ -49,6 +49,7 @@ from deqshield.gradients import Backprop, Implicit, Phantom
 from deqshield.models.base import DEQClassifier
 from deqshield.models.conv_deq import ConvDEQ
 from deqshield.solvers import Anderson, Broyden, Picard
+from deqshield.solvers.scratch import release_scratch
 
 MiB = 2 ** 20
 FLAT_TOLERANCE = 0.10
@@ -84,6 +85,7 @@ class CpuPeakMeter:
         raise RuntimeError(f"/proc/self/status has no {field}")
 
     def measure(self, step: Callable[[], None]) -> int:
+        release_scratch()  # the step's solver buffers count in its peak, not in the base
         gc.collect()
         base = self.status("VmRSS")
         self.reset()

@@ -7,7 +7,11 @@ u of shape (batch, 32, 16, 16), this times, interleaved round-robin and after a 
 * deqshield's Picard, Anderson (memory 5) and Broyden with ``tol=0`` (all N steps run),
   ``record_states=False`` and ``final_residual=False`` (exactly N evaluations of f), and the
   default ``final_residual=True`` (N + 1 evaluations);
-* the prototypes of the remaining solver-loop fixes in ``lean_solvers.py`` (same iterates);
+* the history traffic alone: for each of the N steps, the low-rank products a solver cannot
+  avoid (Anderson: the Gram row over h = min(n + 1, m) residuals and the mix of h values of f;
+  Broyden: B_n g and B_n^T dz over k = n rank-one terms), without the cell or anything else.
+  1 + (its time / the bare evaluations) is the floor an N-step solve with that algorithm and
+  memory can reach with these products on this machine;
 * torchdeq's ``fixed_point_iter``, ``anderson_solver`` and ``broyden_solver`` at N iterations
   with ``tol=0`` and ``return_final=True``, when torchdeq is importable.
 
@@ -47,10 +51,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from lean_solvers import LeanAnderson, LeanBroyden, LeanPicard
-
 from deqshield.models.conv_deq import ConvCell
 from deqshield.solvers import Anderson, Broyden, FixedPointSolver, Picard
 
@@ -61,10 +61,7 @@ ANDERSON_MEMORY = 5
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 BUSY_SPREAD = 1.2
 """A bare-evaluation median this much above its minimum flags a busy machine."""
-SOLVER_CLASSES = {
-    "deqshield": {"picard": Picard, "anderson": Anderson, "broyden": Broyden},
-    "prototype": {"picard": LeanPicard, "anderson": LeanAnderson, "broyden": LeanBroyden},
-}
+SOLVER_CLASSES = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
 
 class CountingMap:
@@ -124,13 +121,41 @@ def solver_kwargs(name: str, iters: int, final_residual: bool) -> dict:
     return kwargs | ({"memory": ANDERSON_MEMORY} if name == "anderson" else {})
 
 
-def deqshield_case(group: str, name: str, f: CountingMap, z0: Tensor, iters: int,
+def deqshield_case(name: str, f: CountingMap, z0: Tensor, iters: int,
                    final_residual: bool) -> Case:
-    solver: FixedPointSolver = SOLVER_CLASSES[group][name](
-        **solver_kwargs(name, iters, final_residual))
-    label = f"{group} {name}" + (" (final_residual)" if final_residual else "")
-    return Case(label, group + ("+final" if final_residual else ""), name,
+    solver: FixedPointSolver = SOLVER_CLASSES[name](**solver_kwargs(name, iters, final_residual))
+    label = f"deqshield {name}" + (" (final_residual)" if final_residual else "")
+    return Case(label, "deqshield" + ("+final" if final_residual else ""), name,
                 lambda: solver.solve(f, z0, record_states=False).final)
+
+
+def history_traffic_cases(z0: Tensor, iters: int) -> list[Case]:
+    """The unavoidable low-rank products of N Anderson and N Broyden steps, nothing else."""
+    flat = z0.reshape(z0.shape[0], -1)
+    x = torch.randn_like(flat)
+    memory = torch.randn(flat.shape[0], max(ANDERSON_MEMORY, iters), flat.shape[1],
+                         dtype=flat.dtype, device=flat.device)
+    other = torch.randn_like(memory)
+
+    def product(left: Tensor, right: Tensor, k: int) -> Tensor:
+        coeff = torch.bmm(x[:, None], right[:, :k].transpose(1, 2))
+        return torch.bmm(coeff, left[:, :k])
+
+    def anderson() -> Tensor:
+        for n in range(iters):
+            h = min(n + 1, ANDERSON_MEMORY)
+            torch.bmm(x[:, None], memory[:, :h].transpose(1, 2))  # Gram row
+            out = torch.bmm(x[:, None, :h], other[:, :h])  # mix (weights stand-in)
+        return out
+
+    def broyden() -> Tensor:
+        for n in range(1, iters):
+            product(memory, other, n)  # B_n g_{n+1}
+            out = product(other, memory, n)  # B_n^T dz
+        return out
+
+    return [Case("history traffic anderson", "floor", "anderson", anderson),
+            Case("history traffic broyden", "floor", "broyden", broyden)]
 
 
 def torchdeq_cases(f: CountingMap, z0: Tensor, iters: int) -> list[Case]:
@@ -155,10 +180,9 @@ def torchdeq_cases(f: CountingMap, z0: Tensor, iters: int) -> list[Case]:
 
 def build_cases(f: CountingMap, z0: Tensor, iters: int) -> list[Case]:
     cases = [bare_case(f, z0, iters)]
-    for group, final in (("deqshield", False), ("deqshield", True), ("prototype", False),
-                         ("prototype", True)):
-        cases += [deqshield_case(group, name, f, z0, iters, final) for name in TARGETS]
-    return cases + torchdeq_cases(f, z0, iters)
+    for final in (False, True):
+        cases += [deqshield_case(name, f, z0, iters, final) for name in TARGETS]
+    return cases + history_traffic_cases(z0, iters) + torchdeq_cases(f, z0, iters)
 
 
 def synchronize(device: torch.device) -> None:
@@ -186,7 +210,8 @@ def measure(cases: list[Case], f: CountingMap, repeats: int, warmup: int,
         before = f.calls
         case.final = case.run()
         case.evals = f.calls - before
-        case.residual = relative_residual(lambda z: f.cell(z, f.u), case.final)
+        if case.group != "floor":
+            case.residual = relative_residual(lambda z: f.cell(z, f.u), case.final)
     for _ in range(warmup):
         for case in cases:
             case.run()
@@ -206,7 +231,8 @@ def case_row(case: Case, bare: Case, iters: int) -> dict:
             "evals": case.evals, "median_ms": 1e3 * case.median,
             "min_ms": 1e3 * min(case.times), "ratio": case.ratio,
             "ratio_of_minima": min(case.times) / min(bare.times),
-            "ratio_per_eval": case.ratio * iters / case.evals, "rel_residual": case.residual,
+            "ratio_per_eval": case.ratio * iters / case.evals if case.evals else None,
+            "rel_residual": case.residual,
             "times_ms": [1e3 * t for t in case.times], "ratios": case.ratios}
 
 
@@ -218,32 +244,28 @@ def find(cases: list[Case], groups: tuple[str, ...], solver: str,
 
 
 def verdicts(cases: list[Case]) -> dict:
-    """PASS/FAIL of each solver against its target, with the prototype's ratio beside it."""
+    """PASS/FAIL of each solver against its target, with the history-traffic floor."""
     out = {}
     for name, target in TARGETS.items():
         ours = find(cases, ("deqshield",), name)
-        proto = find(cases, ("prototype",), name)
+        floor = find(cases, ("floor",), name)
         out[name] = {"target": target, "ratio": ours.ratio, "pass": ours.ratio <= target,
-                     "prototype_ratio": proto.ratio,
-                     "prototype_max_abs_diff": float((proto.final - ours.final).abs().max())}
+                     "floor": 1.0 + floor.ratio if floor else 1.0}
     return out
 
 
 def torchdeq_comparison(cases: list[Case]) -> dict:
-    """Each torchdeq solver against deqshield's and the prototype's at equal evaluations,
+    """Each torchdeq solver against deqshield's at equal evaluations,
     compared through their ratios to the bare evaluations (robust to a shared machine)."""
     out = {}
     for theirs in (c for c in cases if c.group == "torchdeq"):
         ours = find(cases, ("deqshield", "deqshield+final"), theirs.solver, theirs.evals)
-        proto = find(cases, ("prototype", "prototype+final"), theirs.solver, theirs.evals)
         out[theirs.solver] = {
             "evals": theirs.evals, "torchdeq": theirs.label, "torchdeq_ratio": theirs.ratio,
             "torchdeq_ms": 1e3 * theirs.median, "torchdeq_rel_residual": theirs.residual,
             "deqshield": ours.label, "deqshield_ratio": ours.ratio,
             "deqshield_ms": 1e3 * ours.median, "deqshield_rel_residual": ours.residual,
-            "deqshield_faster": ours.ratio < theirs.ratio,
-            "prototype_ratio": proto.ratio, "prototype_ms": 1e3 * proto.median,
-            "prototype_rel_residual": proto.residual}
+            "deqshield_faster": ours.ratio < theirs.ratio}
     return out
 
 
@@ -258,6 +280,10 @@ def print_report(summary: dict) -> None:
     print(f"{'case':38s} {'evals':>5s} {'median ms':>9s} {'min ms':>8s} {'ratio':>6s} "
           f"{'per eval':>8s} {'min/min':>7s} {'rel. residual':>13s}")
     for row in summary["cases"]:
+        if row["group"] == "floor":
+            print(f"{row['label']:38s} {'-':>5s} {row['median_ms']:9.2f} "
+                  f"{row['min_ms']:8.2f} {row['ratio']:6.3f}")
+            continue
         print(f"{row['label']:38s} {row['evals']:5d} {row['median_ms']:9.2f} "
               f"{row['min_ms']:8.2f} {row['ratio']:6.3f} {row['ratio_per_eval']:8.3f} "
               f"{row['ratio_of_minima']:7.3f} {row['rel_residual']:13.4e}")
@@ -269,8 +295,7 @@ def print_report(summary: dict) -> None:
           f"{cfg['iters']} bare cell evaluations")
     for name, v in summary["targets"].items():
         print(f"  {name:9s} {v['ratio']:6.3f} <= {v['target']:.2f}  "
-              f"{'PASS' if v['pass'] else 'FAIL'}   (prototype {v['prototype_ratio']:.3f}, "
-              f"max |prototype - deqshield| = {v['prototype_max_abs_diff']:.1e})")
+              f"{'PASS' if v['pass'] else 'FAIL'}   (history-traffic floor {v['floor']:.3f})")
     if summary["torchdeq"]:
         print("\ntorchdeq at equal evaluations of f (ratio to the bare evaluations, median ms, "
               "mean relative residual of the returned state):")
@@ -279,8 +304,7 @@ def print_report(summary: dict) -> None:
               f"({v['deqshield_ms']:.1f} ms, res {v['deqshield_rel_residual']:.4e}) vs "
               f"{v['torchdeq']} {v['torchdeq_ratio']:.3f} ({v['torchdeq_ms']:.1f} ms, "
               f"res {v['torchdeq_rel_residual']:.4e}): deqshield "
-              f"{'faster' if v['deqshield_faster'] else 'SLOWER'}; prototype "
-              f"{v['prototype_ratio']:.3f} (res {v['prototype_rel_residual']:.4e})")
+              f"{'faster' if v['deqshield_faster'] else 'SLOWER'}")
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -292,8 +316,7 @@ def plot(summary: dict, path: Path) -> None:
 
     rows = summary["cases"]
     colors = {"bare": "grey", "deqshield": "tab:blue", "deqshield+final": "lightsteelblue",
-              "prototype": "tab:green", "prototype+final": "palegreen",
-              "torchdeq": "tab:orange"}
+              "floor": "tab:green", "torchdeq": "tab:orange"}
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
     ax.barh([r["label"] for r in rows], [r["ratio"] for r in rows],
             color=[colors[r["group"]] for r in rows])

@@ -141,10 +141,43 @@ def test_broyden_exposes_its_inverse_jacobian_estimate():
     assert counts == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("memory", [2, 27])
+def test_broyden_steps_along_its_estimate(memory):
+    """z_{n+1} = z_n - alpha B_n g(z_n) (Eq. 7) with B_n recomputed from the exposed estimate,
+    also once a limited memory starts overwriting terms (the solver carries B_n g_n)."""
+    f, solution, _, _ = linear_problem(dim=6, seed=6)
+    states, steps = [], []
+
+    def record(step: SolverStep):
+        states.append(step.state.clone())
+        steps.append(step.inverse_jacobian.apply(f(step.state) - step.state))
+
+    Broyden(max_iter=6, tol=0.0, memory=memory, step_size=0.8).solve(
+        f, torch.zeros_like(solution), callback=record)
+    for n in range(len(states) - 1):
+        torch.testing.assert_close(states[n + 1], states[n] - 0.8 * steps[n],
+                                   rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("solver", [Anderson(max_iter=6, tol=0.0),
+                                    Anderson(max_iter=6, tol=0.0, damping=0.7),
+                                    Broyden(max_iter=6, tol=0.0)], ids=lambda s: s.name)
+def test_a_solve_nested_in_a_callback_leaves_the_outer_solve_unchanged(solver):
+    """History buffers are lent per solve: a callback that solves the same problem (same
+    buffer shapes) gets buffers of its own."""
+    f, solution, _, _ = linear_problem(seed=7)
+    z0 = torch.zeros_like(solution)
+    alone = solver.solve(f, z0)
+    nested = solver.solve(f, z0, callback=lambda step: solver.solve(f, step.state + 1.0))
+    for a, b in zip(alone.states, nested.states):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("make_input, message", [
     (lambda: torch.zeros(0, 4), "empty batch"),
     (lambda: torch.zeros(2, 4, dtype=torch.long), "floating-point"),
     (lambda: torch.full((2, 4), float("nan")), "NaN or Inf"),
+    (lambda: torch.tensor([[0.0, float("-inf")]]), "NaN or Inf"),
     (lambda: torch.zeros(4), r"shape \(batch"),
 ])
 def test_bad_initial_state_raises_clear_error(make_input, message):
@@ -164,3 +197,22 @@ def test_settings_are_validated():
         Anderson(max_iter=0)
     with pytest.raises(ValueError):
         Broyden(stepsize=0.5)  # misspelt: unknown keys are rejected
+
+
+def test_scratch_pool_is_bounded_and_lends_each_buffer_once():
+    from deqshield.solvers.scratch import _Pool
+
+    pool = _Pool(max_bytes=3 * 400)  # room for three (10, 10) float32 buffers
+    like = torch.zeros(1)
+    first = pool.take((10, 10), like)
+    second = pool.take((10, 10), like)
+    assert first.data_ptr() != second.data_ptr()
+    for buffer in (first, second, pool.take((5, 20), like), pool.take((10, 10), like)):
+        pool.give(buffer)
+    kept = {b.data_ptr() for stack in pool.free.values() for b in stack}
+    assert pool.bytes == pool.max_bytes and len(kept) == 3  # four given back, one evicted
+    for _ in range(2):  # reused, not allocated, until none of that shape is left
+        assert pool.take((10, 10), like).data_ptr() in kept
+    pool.give(pool.take((10, 10), like))  # an emptied shape can come back and be evicted
+    pool.give(torch.zeros(1000))  # larger than the whole pool: dropped
+    assert pool.bytes == 400

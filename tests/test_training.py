@@ -18,7 +18,7 @@ from deqshield.solvers import Anderson
 from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
                                 TrainingDivergedError, fit)
 from deqshield.training.distributed import Context
-from deqshield.training.objectives import forward
+from deqshield.training.objectives import Warmup, forward
 
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=2)
 SELECTION = {"attack": ATTACK, "limit": 6}
@@ -61,6 +61,27 @@ def test_one_epoch_of_each_mode(tmp_path, objective, random_intermediate):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert line["epoch"] == 1 and line["step"] == 2
+
+
+@pytest.mark.parametrize("objective_type", [PGDAT, TRADES], ids=["pgd-at", "trades"])
+def test_warmup_ramps_the_adversarial_radius(objective_type):
+    """Before ``start`` the step is clean; at step start + length/2 the adversaries lie in the
+    half-radius ball and leave the quarter-radius one; after the ramp they use the full eps."""
+    attack = PGD(eps=0.2, step_size=0.1, steps=3)
+    objective = objective_type(attack=attack, warmup=Warmup(start=2, length=4))
+    assert [objective.warmup.factor(t) for t in (0, 2, 4, 6, 9)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    model, data = tiny_model(), synthetic()
+    x, y = data.images, data.labels
+    clean = objective.loss(model, x, y, StepRandomness(step=1))
+    assert not clean.robust and torch.equal(clean.inputs, x)
+    assert torch.allclose(clean.loss, Standard().loss(model, x, y).loss)
+    radii = []
+    for step in (4, 6):
+        output = objective.loss(model, x, y, StepRandomness(step=step))
+        assert output.robust
+        radii.append(float((output.inputs - x).abs().max()))
+    assert 0.05 < radii[0] <= 0.1 + 1e-6
+    assert 0.1 < radii[1] <= 0.2 + 1e-6
 
 
 def test_random_depth_never_reaches_evaluation():

@@ -19,8 +19,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.paths.base import LossFn
-from deqshield.paths.common import (InputLink, StateMean, as_deq, loss_gradient,
-                                    require_broyden, resolve_indices)
+from deqshield.paths.common import (InputLink, StateMean, as_deq, broyden_states,
+                                    check_index_or_ensemble, loss_gradient)
 from deqshield.settings import component
 from deqshield.solvers import SolverStep
 
@@ -39,13 +39,11 @@ class AdjointBroyden:
     ensemble: bool = False
 
     def __post_init__(self) -> None:
-        if self.ensemble and self.index is not None:
-            raise ValueError("ensemble=True averages every state; leave index unset")
+        check_index_or_ensemble(self.index, self.ensemble)
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
         deq = as_deq(model, self.name)
-        max_iter = require_broyden(deq, self.name).max_iter
-        chosen = None if self.ensemble else (max_iter if self.index is None else self.index,)
+        chosen = broyden_states(deq, self.index, self.ensemble, self.name)
         link = InputLink(deq, x)
 
         def gradient(state: tuple[Tensor, Tensor]) -> Tensor:
@@ -55,7 +53,7 @@ class AdjointBroyden:
             return grad_u
 
         states: StateMean[tuple[Tensor, Tensor]] = StateMean(
-            resolve_indices(chosen, max_iter, self.name), gradient)
+            chosen, gradient)
 
         def visit(s: SolverStep) -> None:
             if s.n <= states.horizon:

@@ -63,6 +63,21 @@ def require_broyden(model: DEQClassifier, path: str) -> Broyden:
     return solver
 
 
+def check_index_or_ensemble(index: Optional[int], ensemble: bool) -> None:
+    """A Broyden-based path reads one state (``index``) or all of them (``ensemble``)."""
+    if ensemble and index is not None:
+        raise ValueError("ensemble=True averages every state; leave index unset")
+
+
+def broyden_states(model: DEQClassifier, index: Optional[int], ensemble: bool,
+                   path: str) -> tuple[int, ...]:
+    """The states n whose gradients a path on Broyden's B_n averages: every n = 1..N
+    (``ensemble``), the given ``index``, or the final state N = max_iter."""
+    max_iter = require_broyden(model, path).max_iter
+    chosen = None if ensemble else (max_iter if index is None else index,)
+    return resolve_indices(chosen, max_iter, path)
+
+
 def loss_gradient(model: DEQClassifier, z: Tensor, y: Tensor, loss: LossFn) -> Tensor:
     """dL(z, y)/dz with L(z, y) = sum_b loss(head(z), y)_b (the state z is detached)."""
     z_in = z.detach().requires_grad_()

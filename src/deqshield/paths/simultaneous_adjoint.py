@@ -34,8 +34,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.paths.base import LossFn
-from deqshield.paths.common import (InputLink, StateMean, as_deq, loss_gradient,
-                                    require_broyden, resolve_indices)
+from deqshield.paths.common import (InputLink, StateMean, as_deq, broyden_states,
+                                    check_index_or_ensemble, loss_gradient)
 from deqshield.settings import component
 from deqshield.solvers import SolverStep
 
@@ -56,15 +56,13 @@ class SimultaneousAdjoint:
     ensemble: bool = False
 
     def __post_init__(self) -> None:
-        if self.ensemble and self.index is not None:
-            raise ValueError("ensemble=True averages every state; leave index unset")
+        check_index_or_ensemble(self.index, self.ensemble)
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
         deq = as_deq(model, self.name)
-        max_iter = require_broyden(deq, self.name).max_iter
-        chosen = None if self.ensemble else (max_iter if self.index is None else self.index,)
+        chosen = broyden_states(deq, self.index, self.ensemble, self.name)
         link = InputLink(deq, x)
-        states: StateMean[Tensor] = StateMean(resolve_indices(chosen, max_iter, self.name),
+        states: StateMean[Tensor] = StateMean(chosen,
                                               lambda grad_u: grad_u)
         adjoint: dict[str, Tensor] = {}
 

@@ -16,10 +16,11 @@ from deqshield.solvers.anderson import Anderson
 from deqshield.solvers.base import FixedPointSolver, SolverStep, check_state
 from deqshield.solvers.broyden import Broyden, LowRankInverse
 from deqshield.solvers.picard import Picard
+from deqshield.solvers.scratch import release_scratch
 from deqshield.solvers.trajectory import Trajectory
 
 SolverSpec = Annotated[Union[Picard, Anderson, Broyden], Field(discriminator="name")]
 """A solver section of a config file: ``{name: picard|anderson|broyden, ...settings}``."""
 
 __all__ = ["Anderson", "Broyden", "FixedPointSolver", "LowRankInverse", "Picard",
-           "SolverSpec", "SolverStep", "Trajectory", "check_state"]
+           "SolverSpec", "SolverStep", "Trajectory", "check_state", "release_scratch"]

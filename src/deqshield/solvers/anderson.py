@@ -8,14 +8,15 @@ With the last h = min(n + 1, m) states z_{n-h+1..n} and their residuals g_i = f(
 
 With h = 1 this is the damped Picard step, so the first update needs no special case and every
 state, z_1 and z_2 included, is recorded. The Gram matrix G G^T is updated one row per step
-(O(m d) per step rather than O(m^2 d)). The regularisation (relative to the residual scale)
+(O(m d) per step rather than O(m^2 d)); g_n is written straight into its history row and the
+z_i are kept only when beta < 1. The regularisation (relative to the residual scale)
 keeps H invertible; where a sample's system is still singular or gives a non-finite alpha, that
 sample falls back to the damped Picard step from its newest state.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from deqshield.settings import component
 from deqshield.solvers.base import FixedPointSolver, FlatProblem, SolveRecorder
+from deqshield.solvers.scratch import scratch
 
 
 @component
@@ -37,26 +39,33 @@ class Anderson(FixedPointSolver):
 
     def _iterate(self, f: FlatProblem, z: Tensor, rec: SolveRecorder) -> Tensor:
         batch, dim = z.shape
+        history = (batch, self.memory, dim)
+        # z_i is read only to damp (beta < 1); the history buffers are pooled (scratch.py)
+        shapes = [history] * (2 if self.damping == 1.0 else 3)
+        with scratch(z, shapes) as (fs, gs, *zs):
+            return self._loop(f, z, rec, fs, gs, zs[0] if zs else None)
+
+    def _loop(self, f: FlatProblem, z: Tensor, rec: SolveRecorder, fs: Tensor, gs: Tensor,
+              zs: Optional[Tensor]) -> Tensor:
         m, beta = self.memory, self.damping
-        zs = z.new_zeros(batch, m, dim)
-        fs = z.new_zeros(batch, m, dim)
-        gs = z.new_zeros(batch, m, dim)
-        gram = z.new_zeros(batch, m, m)
+        gram = z.new_zeros(z.shape[0], m, m)
         rec.emit(z)
         fz = f(z)
         for n in range(self.max_iter):
-            if not rec.observe(z, fz):
-                return z
             slot, h = n % m, min(n + 1, m)
-            zs[:, slot], fs[:, slot] = z, fz
-            gs[:, slot] = fz - z
-            row = torch.bmm(gs[:, slot, None, :], gs[:, :h].transpose(1, 2)).squeeze(1)
+            g = torch.sub(fz, z, out=gs[:, slot])
+            if not rec.observe(z, fz, g):
+                return z
+            fs[:, slot] = fz
+            row = torch.bmm(g[:, None], gs[:, :h].transpose(1, 2)).squeeze(1)
             gram[:, slot, :h] = row
             gram[:, :h, slot] = row
             alpha = self._weights(gram[:, :h, :h], slot)
-            mixed_f = torch.bmm(alpha[:, None], fs[:, :h]).squeeze(1)
-            z_new = mixed_f if beta == 1.0 else (
-                beta * mixed_f + (1 - beta) * torch.bmm(alpha[:, None], zs[:, :h]).squeeze(1))
+            z_new = torch.bmm(alpha[:, None], fs[:, :h]).squeeze(1)
+            if zs is not None:
+                zs[:, slot] = z
+                mixed_z = torch.bmm(alpha[:, None], zs[:, :h]).squeeze(1)
+                z_new = beta * z_new + (1 - beta) * mixed_z
             z = rec.advance(z, z_new)
             rec.emit(z)
             if self._evaluates_after(n):

@@ -14,6 +14,13 @@ Each objective is a validated settings object with
   :func:`deqshield.certify.certified_loss` at eps_now = schedule(step), the global optimizer
   step, for a :class:`~deqshield.certify.CertifiableClassifier` (CerDEQ or CNN-7).
 
+Adversarial warm-up (``warmup``, PGD-AT and TRADES): at optimizer step t the adversary attacks
+at eps_t = r(t) eps with step size r(t) alpha, r ramping linearly from 0 at step ``start`` to 1
+at step ``start + length`` (clean inputs while r = 0). A large radius from the first step can
+collapse a small network to a constant prediction (MNIST at eps 0.3, cf. Madry et al. 2018 on
+capacity); the ramp is the usual remedy (Gowal et al. 2018). Checkpoint selection and
+evaluation always attack at the full radius.
+
 Adversaries are generated in **eval mode** (batch norm with running statistics, dropout off,
 the full deterministic solver): the attack targets exactly the model that is evaluated and
 selected, and the attack's forward passes do not update batch-norm statistics. The loss is then
@@ -154,6 +161,29 @@ class KLToReference:
 
 
 @component
+class Warmup:
+    """Linear adversarial warm-up: r(t) = clip((t - ``start``) / ``length``, 0, 1)."""
+
+    length: Annotated[int, Field(gt=0)]
+    start: Annotated[int, Field(ge=0)] = 0
+
+    def factor(self, step: int) -> float:
+        """r(step) in [0, 1]."""
+        return min(max((step - self.start) / self.length, 0.0), 1.0)
+
+
+def adversary_at(attack: PGD, warmup: Optional[Warmup], step: int) -> Optional[PGD]:
+    """The attack of optimizer step ``step``: ``attack`` with eps and step size scaled by the
+    warm-up factor r(step); None while r(step) = 0 (train on clean inputs)."""
+    if warmup is None:
+        return attack
+    r = warmup.factor(step)
+    if r == 0.0:
+        return None
+    return dataclasses.replace(attack, eps=r * attack.eps, step_size=r * attack.step_size)
+
+
+@component
 class Standard:
     """Cross-entropy on clean inputs (optionally at a random intermediate state)."""
 
@@ -168,16 +198,22 @@ class Standard:
 
 @component
 class PGDAT:
-    """PGD adversarial training: CE on adversaries of ``attack`` with gradient ``gradient``."""
+    """PGD adversarial training: CE on adversaries of ``attack`` with gradient ``gradient``
+    (optionally with an adversarial ``warmup``)."""
 
     name: Literal["pgd-at"] = "pgd-at"
     attack: PGD = PGD()
     gradient: Optional[GradientSpec] = None
     random_intermediate: bool = False
+    warmup: Optional[Warmup] = None
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
-        x_adv = generate_in_eval_mode(model, self.attack, x, y, FinalState(gradient=self.gradient),
+        attack = adversary_at(self.attack, self.warmup, randomness.step)
+        if attack is None:
+            return Standard(random_intermediate=self.random_intermediate).loss(
+                model, x, y, randomness)
+        x_adv = generate_in_eval_mode(model, attack, x, y, FinalState(gradient=self.gradient),
                                       randomness.attack)
         logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
                                               randomness)
@@ -187,22 +223,28 @@ class PGDAT:
 
 @component
 class TRADES:
-    """TRADES: CE(clean) + beta KL(p(x) || p(x')), x' maximising the KL with ``attack``."""
+    """TRADES: CE(clean) + beta KL(p(x) || p(x')), x' maximising the KL with ``attack``
+    (optionally with an adversarial ``warmup``)."""
 
     name: Literal["trades"] = "trades"
     beta: Annotated[float, Field(ge=0)] = 6.0
     attack: PGD = PGD()
     gradient: Optional[GradientSpec] = None
     random_intermediate: bool = False
+    warmup: Optional[Warmup] = None
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        attack = adversary_at(self.attack, self.warmup, randomness.step)
+        if attack is None:
+            return Standard(random_intermediate=self.random_intermediate).loss(
+                model, x, y, randomness)
         was_training = model.training
         model.eval()
         with torch.no_grad():
             reference = nn.functional.log_softmax(model(x), dim=1)
         model.train(was_training)
-        x_adv = generate_in_eval_mode(model, self.attack, x, y,
+        x_adv = generate_in_eval_mode(model, attack, x, y,
                                       KLToReference(reference, self.gradient), randomness.attack)
         clean_logits, _ = training_forward(model, x, self.random_intermediate, randomness)
         adv_logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
