@@ -18,6 +18,7 @@ from deqshield.solvers import Anderson
 from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
                                 TrainingDivergedError, fit)
 from deqshield.training.distributed import Context
+from deqshield.training.evaluation import accuracy, robust_accuracy
 from deqshield.training.objectives import Warmup, forward
 
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=2)
@@ -82,6 +83,39 @@ def test_warmup_ramps_the_adversarial_radius(objective_type):
         radii.append(float((output.inputs - x).abs().max()))
     assert 0.05 < radii[0] <= 0.1 + 1e-6
     assert 0.1 < radii[1] <= 0.2 + 1e-6
+
+
+def test_clean_weight_mixes_clean_and_adversarial_cross_entropy():
+    model, data = tiny_model(), synthetic()
+    x, y = data.images, data.labels
+    adversarial = PGDAT(attack=ATTACK).loss(model, x, y, StepRandomness(
+        attack=torch.Generator().manual_seed(1)))
+    mixed = PGDAT(attack=ATTACK, clean_weight=0.25).loss(model, x, y, StepRandomness(
+        attack=torch.Generator().manual_seed(1)))
+    clean = Standard().loss(model, x, y)
+    torch.testing.assert_close(mixed.loss, 0.25 * clean.loss + 0.75 * adversarial.loss)
+    assert torch.equal(mixed.inputs, adversarial.inputs) and mixed.robust
+
+
+def test_robust_accuracy_counts_only_samples_also_correct_on_the_clean_input():
+    """A model right on every perturbed input and wrong on every clean one is not robust."""
+
+    source = synthetic()
+    data = ArrayDataset((source.images * 255).round() / 255, source.labels, 3, "quantised",
+                        source.class_names)
+
+    class WrongOnlyWhenClean(torch.nn.Module):
+        """Right label for every input off the 1/255 grid (any random start), wrong on it."""
+
+        def forward(self, x):
+            on_grid = (x * 255).sub((x * 255).round()).abs().flatten(1).amax(1) < 1e-4
+            logits = torch.nn.functional.one_hot(data.labels[: len(x)], 3).float()
+            logits[on_grid] = logits[on_grid].roll(1, dims=1)
+            return logits
+
+    model = WrongOnlyWhenClean()
+    assert accuracy(model, data) == 0.0
+    assert robust_accuracy(model, data, PGD(eps=0.1, step_size=0.05, steps=0)) == 0.0
 
 
 def test_random_depth_never_reaches_evaluation():

@@ -7,6 +7,10 @@ Each objective is a validated settings object with
 * ``PGDAT`` (Madry et al. 2018): min_theta E max_{||dx|| <= eps} CE(h(z(x + dx)), y), the inner
   max approximated by the ``attack`` (PGD) with the gradient path ``FinalState(gradient)``
   (``gradient=None``: the model's own training gradient, Table 7 of closer-look-neurips22).
+  ``clean_weight`` w > 0 trains on w CE(h(z(x)), y) + (1 - w) CE(h(z(x')), y), the mixed
+  objective of the original adversarial training (Goodfellow et al. 2015, w = 0.5): the clean
+  input itself is never produced by a random-start attack, and a normalised DEQ trained only
+  on perturbed inputs can lose its clean accuracy.
 * ``TRADES`` (Zhang et al. 2019):
   CE(h(z(x)), y) + beta * KL(p(x) || p(x')),  x' = argmax_{||x' - x|| <= eps} KL(p(x) || p(x')),
   the inner max by the same PGD steps ascending the KL instead of the CE.
@@ -206,19 +210,23 @@ class PGDAT:
     gradient: Optional[GradientSpec] = None
     random_intermediate: bool = False
     warmup: Optional[Warmup] = None
+    clean_weight: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
+        clean = Standard(random_intermediate=self.random_intermediate)
         attack = adversary_at(self.attack, self.warmup, randomness.step)
         if attack is None:
-            return Standard(random_intermediate=self.random_intermediate).loss(
-                model, x, y, randomness)
+            return clean.loss(model, x, y, randomness)
         x_adv = generate_in_eval_mode(model, attack, x, y, FinalState(gradient=self.gradient),
                                       randomness.attack)
         logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
                                               randomness)
-        return StepOutput(nn.functional.cross_entropy(logits, y), logits, trajectory, x_adv,
-                          robust=True)
+        loss = nn.functional.cross_entropy(logits, y)
+        if self.clean_weight > 0:
+            w = self.clean_weight
+            loss = w * clean.loss(model, x, y, randomness).loss + (1 - w) * loss
+        return StepOutput(loss, logits, trajectory, x_adv, robust=True)
 
 
 @component
