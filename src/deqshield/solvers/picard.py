@@ -17,7 +17,6 @@ from torch import Tensor
 
 from deqshield.settings import component
 from deqshield.solvers.base import FixedPointSolver, FlatProblem, SolveRecorder
-from deqshield.solvers.scratch import scratch
 
 
 @component
@@ -28,20 +27,15 @@ class Picard(FixedPointSolver):
     damping: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     def _iterate(self, f: FlatProblem, z: Tensor, rec: SolveRecorder) -> Tensor:
-        with scratch(z, [z.shape]) as (g,):  # f(z_n) - z_n, in a lent buffer
-            return self._loop(f, z, rec, g)
-
-    def _loop(self, f: FlatProblem, z: Tensor, rec: SolveRecorder, g: Tensor) -> Tensor:
         lam = self.damping
         rec.emit(z)
         fz = f(z)
         for n in range(self.max_iter):
-            if not rec.observe(z, fz, torch.sub(fz, z, out=g)):
+            g = fz - z  # the residual, also the damped step's direction
+            if not rec.observe(z, fz, g):
                 return z
             z = rec.advance(z, fz if lam == 1.0 else torch.add(z, g, alpha=lam))
             rec.emit(z)
             if self._evaluates_after(n):
                 fz = f(z)
-        if self.final_residual:
-            torch.sub(fz, z, out=g)
-        return self._close(rec, z, fz, g)
+        return self._close(rec, z, fz)
