@@ -118,6 +118,15 @@ def test_robust_accuracy_counts_only_samples_also_correct_on_the_clean_input():
     assert robust_accuracy(model, data, PGD(eps=0.1, step_size=0.05, steps=0)) == 0.0
 
 
+def test_an_epoch_with_a_clean_step_is_not_reported_as_robust(tmp_path):
+    settings = TrainConfig(epochs=2, batch_size=8, lr=3e-3, objective=PGDAT(attack=ATTACK),
+                           pretrain_steps=1, selection=SELECTION)
+    trainer = Trainer(tiny_model(), synthetic(), synthetic(6, seed=1), settings, CPU, tmp_path,
+                      tmp_path / "metrics.jsonl", progress=False)
+    first, second = trainer.run().epochs  # steps 0 (clean pretraining), 1 | 2, 3
+    assert not first.train_robust and second.train_robust
+
+
 def test_random_depth_never_reaches_evaluation():
     """The random-depth loss draws from its generator; model outputs (eval) never do."""
     model = tiny_model()

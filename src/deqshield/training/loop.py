@@ -45,7 +45,9 @@ class TrainingDivergedError(DEQShieldError, RuntimeError):
 
 @dataclass
 class EpochRecord:
-    """Metrics of one epoch (means over the training examples; dev metrics after the epoch)."""
+    """Metrics of one epoch (means over the training examples; dev metrics after the epoch).
+    ``train_robust``: every step of the epoch scored adversarial inputs (no pretraining or
+    clean warm-up step), so ``train_accuracy`` is an accuracy on adversaries."""
 
     epoch: int
     step: int
@@ -103,7 +105,8 @@ class Trainer:
         self.generators = {"depth": torch.Generator().manual_seed(settings.seed),
                            "attack": torch.Generator().manual_seed(settings.seed + 1)}
         self.position = Position()
-        self.sums = torch.zeros(4, dtype=torch.float64)  # this epoch: loss * n, correct, n, res
+        # this epoch: loss * n, correct, n, residual sum, n scored on adversarial inputs
+        self.sums = torch.zeros(5, dtype=torch.float64)
         self.best: Optional[float] = None
         self.log = MetricsLog(metrics_path if context.is_main else None)
 
@@ -115,7 +118,8 @@ class Trainer:
                                scheduler=self.scheduler, extra_generators=self.generators)
         self.position = Position(info.epoch, info.metrics["batch"], info.step)
         self.best = info.metrics["best_score"]
-        self.sums = torch.tensor(info.metrics["epoch_sums"], dtype=torch.float64)
+        self.sums[: len(info.metrics["epoch_sums"])] = torch.tensor(info.metrics["epoch_sums"],
+                                                                   dtype=torch.float64)
         return True
 
     def run(self) -> TrainHistory:
@@ -149,7 +153,7 @@ class Trainer:
                              "rob acc" if robust else "acc": f"{sums[1] / sums[2]:.3f}",
                              "res": f"{sums[3] / sums[2]:.1e}"})
         pos.epoch, pos.batch = pos.epoch + 1, 0
-        return self._finish_epoch(sums, robust)
+        return self._finish_epoch(sums)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """One optimizer step, its batch statistics (all processes) added to ``self.sums``;
@@ -168,6 +172,7 @@ class Trainer:
                     if output.trajectory is not None else 0.0)
         local = torch.tensor([output.loss.item() * len(y),
                               (output.logits.argmax(1) == y).sum().item(), len(y), residual,
+                              len(y) if output.robust else 0.0,
                               0.0 if math.isfinite(loss.item()) else 1.0], dtype=torch.float64)
         total = self.context.sum(local)
         self._check_divergence(total, loss.item())
@@ -179,7 +184,7 @@ class Trainer:
         self.scheduler.step()
         pos.step += 1
         pos.batch += 1
-        self.sums += total[:4]
+        self.sums += total[:5]
         if self.on_step is not None:
             self.on_step(pos.step)
         if settings.checkpoint_every and pos.step % settings.checkpoint_every == 0:
@@ -189,9 +194,9 @@ class Trainer:
     def _check_divergence(self, total: torch.Tensor, loss: float) -> None:
         threshold = self.settings.divergence_residual
         mean_residual = float(total[3] / total[2])
-        if total[4] == 0 and (threshold is None or mean_residual <= threshold):
+        if total[5] == 0 and (threshold is None or mean_residual <= threshold):
             return
-        self._diverged(f"the loss became {loss}" if total[4] > 0 else
+        self._diverged(f"the loss became {loss}" if total[5] > 0 else
                        f"the mean relative residual {mean_residual:.3g} exceeded {threshold}")
 
     def _diverged(self, cause: str) -> None:
@@ -201,7 +206,7 @@ class Trainer:
             f"{cause}; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
             "Lower the learning rate, add Jacobian regularisation or use more solver steps")
 
-    def _finish_epoch(self, sums: torch.Tensor, robust: bool) -> EpochRecord:
+    def _finish_epoch(self, sums: torch.Tensor) -> EpochRecord:
         """Evaluate on the dev split (main process), log, checkpoint."""
         clean = rob = cert = None
         is_best = False
@@ -222,7 +227,8 @@ class Trainer:
             self.best = score if is_best else self.best
         record = EpochRecord(
             epoch=self.position.epoch, step=self.position.step, loss=float(sums[0] / sums[2]),
-            train_accuracy=float(sums[1] / sums[2]), train_robust=robust, eval_accuracy=clean,
+            train_accuracy=float(sums[1] / sums[2]), train_robust=bool(sums[4] == sums[2]),
+            eval_accuracy=clean,
             robust_accuracy=rob,
             residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best,
             certified_accuracy=cert)
