@@ -227,7 +227,8 @@ def main() -> None:
                          args.repeats)
     summary = {
         "config": {"torch": torch.__version__, "device": str(device), "batch": args.batch,
-                   "iters": args.iters, "modes": args.modes, "solver": args.solver, "repeats": args.repeats,
+                   "iters": args.iters, "modes": args.modes, "solver": args.solver,
+                   "repeats": args.repeats,
                    "meter": meter.name, "calibration_mib": calibration,
                    "threads": torch.get_num_threads(), "command": " ".join(sys.argv)},
         "peaks_mib": {mode: {str(n): v for n, v in by_n.items()} for mode, by_n in peaks.items()},

@@ -25,7 +25,7 @@ PathSpec = Annotated[
 """A gradient-path section of a config: ``{name: final|simultaneous-adjoint|adjoint-broyden|
 unrolled|unrolled-ensemble|ensemble|through-entropy-reduction|entropy-bpda, ...settings}``."""
 
-__all__ = ["AdjointBroyden", "EnsemblePath", "EntropyBPDA", "FinalState", "GradientPath", "LossFn", "PathSpec",
-           "SimultaneousAdjoint", "ThroughEntropyReduction", "UnrolledEnsemble",
+__all__ = ["AdjointBroyden", "EnsemblePath", "EntropyBPDA", "FinalState", "GradientPath", "LossFn",
+           "PathSpec", "SimultaneousAdjoint", "ThroughEntropyReduction", "UnrolledEnsemble",
            "UnrolledIntermediate",
            "final_state_logits"]

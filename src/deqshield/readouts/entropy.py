@@ -5,7 +5,7 @@ The trajectory is run in segments of T_f (``interval``) solver updates. The inpu
 constant within a segment. At the end of a segment, with z^[t+1] its last state, the input is
 updated by R (``steps``) projected sign-gradient steps that lower the prediction entropy
 
-    x_i = Proj_{B_inf(x, eps) cap [lo, hi]} ( x_{i-1} - beta sign grad_x H(head(f(z^[t+1]; x_{i-1}))) ),
+    x_i = Proj_{B_inf(x,eps) cap [lo,hi]}(x_{i-1} - beta sign grad_x H(head(f(z^[t+1]; x_{i-1})))),
 
 with x_0 = x^(p), H(p) = -sum_c p_c log p_c (Eq. 6), the box centred on the *given* input x
 (Eq. 7: u in [-eps, eps]) and clipped to the valid range; then z^[t+1] is recomputed from z^[t]
