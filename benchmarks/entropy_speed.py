@@ -10,12 +10,12 @@ Prints the table and writes ``entropy_speed.json`` and ``entropy_speed.png`` int
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from deqshield.models import ConvDEQ
 from deqshield.plots import plot_per_state
@@ -53,15 +53,13 @@ def main() -> None:
     for t_f, row in table.items():
         print(f"{t_f:>7} " + "".join(f"{row[r]:>10.1f}" for r in steps))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "entropy_speed.json").write_text(json.dumps(
-            {"batch": batch, "plain": plain,
-             "samples_per_second": {str(t): {str(r): v for r, v in row.items()}
-                                    for t, row in table.items()}}, indent=1))
-        plot_per_state({f"T_f = {t_f}": [row[r] for r in steps] for t_f, row in table.items()},
-                       args.out / "entropy_speed.png", ylabel="samples / s",
-                       title="entropy reduction: inference speed", x_values=steps,
-                       xlabel="R (input steps per intervention)")
+        figures = {"batch": batch, "plain": plain,
+                   "samples_per_second": {str(t): {str(r): v for r, v in row.items()}
+                                          for t, row in table.items()}}
+        write_results(args.out, "entropy_speed", figures, lambda path: plot_per_state(
+            {f"T_f = {t_f}": [row[r] for r in steps] for t_f, row in table.items()}, path,
+            ylabel="samples / s", title="entropy reduction: inference speed", x_values=steps,
+            xlabel="R (input steps per intervention)"))
 
 
 if __name__ == "__main__":

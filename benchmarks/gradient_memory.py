@@ -35,7 +35,6 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_results
 
 from deqshield.gradients import Backprop, Implicit, Phantom
 from deqshield.models.base import DEQClassifier
@@ -236,10 +236,7 @@ def main() -> None:
     }
     print_report(summary)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gradient_memory.json").write_text(json.dumps(summary, indent=2))
-        plot(summary, args.out / "gradient_memory.png")
-        print(f"\nwrote {args.out / 'gradient_memory.json'} and {args.out / 'gradient_memory.png'}")
+        write_results(args.out, "gradient_memory", summary, lambda path: plot(summary, path))
 
 
 if __name__ == "__main__":

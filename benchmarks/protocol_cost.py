@@ -15,11 +15,11 @@ training, so that attacks break samples and the early exit has work to skip), th
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_results
 from torch.utils.data import Subset
 
 from deqshield.attacks import PGD
@@ -74,8 +74,7 @@ def main() -> None:
           f"with early exit: {early_exit:.1f} s ({figures['ratio_early_exit']:.1f}x); "
           f"per-sample verdicts agree: {agree}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "protocol_cost.json").write_text(json.dumps(figures, indent=1))
+        write_results(args.out, "protocol_cost", figures)
 
 
 if __name__ == "__main__":

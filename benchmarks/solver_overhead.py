@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import json
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from results_io import write_results
 from torch import Tensor
 
 from deqshield.models.conv_deq import ConvCell
@@ -389,10 +389,7 @@ def main() -> None:
     }
     print_report(summary)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "solver_overhead.json").write_text(json.dumps(summary, indent=2))
-        plot(summary, args.out / "solver_overhead.png")
-        print(f"\nwrote {args.out / 'solver_overhead.json'} and {args.out / 'solver_overhead.png'}")
+        write_results(args.out, "solver_overhead", summary, lambda path: plot(summary, path))
 
 
 if __name__ == "__main__":

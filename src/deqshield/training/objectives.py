@@ -172,8 +172,10 @@ class Warmup:
     start: Annotated[int, Field(ge=0)] = 0
 
     def factor(self, step: int) -> float:
-        """r(step) in [0, 1]."""
-        return min(max((step - self.start) / self.length, 0.0), 1.0)
+        """r(step) in [0, 1]: the certified-training ramp with target 1 and exponent 1, which
+        is linear."""
+        return EpsilonSchedule(target=1.0, length=self.length, start=self.start,
+                               exponent=1.0)(step)
 
 
 def adversary_at(attack: PGD, warmup: Optional[Warmup], step: int) -> Optional[PGD]:
