@@ -51,8 +51,8 @@ def test_gradient_equals_path_for_any_loss_and_sub_batch(setup):
 def test_eps_zero_returns_clean(setup):
     model, x = setup
     y = Final().logits(model, x).argmax(1)
-    outcome = AutoAttackBridge(eps=0.0, **FAST).perturb(model, Final(), FinalState(), x, y)
-    assert torch.equal(outcome.x_adv, x)
+    outcome = AutoAttackBridge(eps=0.0, **FAST).run(model, FinalState(), x, y, defenses=(Final(),))
+    assert torch.equal(outcome.x_adv, x) and not outcome.broken.any()
 
 
 @pytest.mark.parametrize("norm,eps,attacks", [("linf", 0.1, ("apgd-ce", "square")),
@@ -63,7 +63,7 @@ def test_examples_stay_in_ball_and_findings_are_strings(setup, norm, eps, attack
     readout = Early(index=2)
     y = readout.logits(model, x).argmax(1)
     bridge = AutoAttackBridge(eps=eps, norm=norm, attacks=attacks, **FAST)
-    outcome = bridge.perturb(model, readout, FinalState(), x, y)
+    outcome = bridge.run(model, FinalState(), x, y, defenses=(readout,))
     check_perturbation(outcome.x_adv, x, eps, norm, BOUNDS)
     assert all(isinstance(f, str) for f in outcome.findings)
 

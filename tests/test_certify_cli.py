@@ -76,8 +76,8 @@ def test_no_certified_sample_is_broken_by_final_state_pgd(trained_run):
     x, y = x[certified], y[certified]
     for seed, loss in ((0, "ce"), (1, "margin")):
         attack = PGD(eps=EPS_CERTIFY, step_size=EPS_CERTIFY / 4, steps=20, loss=loss)
-        adversarial = attack.perturb(model, x, y, FinalState(),
-                                     torch.Generator().manual_seed(seed))
+        adversarial = attack.run(model, FinalState(), x, y,
+                                 generator=torch.Generator().manual_seed(seed)).x_adv
         with torch.no_grad():
             predicted = model.predict(adversarial)
         assert ((predicted == y) | (predicted == -1)).all()

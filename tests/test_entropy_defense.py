@@ -71,7 +71,7 @@ def test_adaptive_paths_attack_inside_the_ball():
     defense = EntropyReduction(steps=2, step_size=0.02, eps=0.1)
     for path in (ThroughEntropyReduction(defense=defense),
                  EntropyBPDA(defense=defense, inner=UnrolledIntermediate(index=2, steps=2))):
-        x_adv = PGD(eps=0.1, step_size=0.03, steps=3).perturb(model, x, y, path)
+        x_adv = PGD(eps=0.1, step_size=0.03, steps=3).run(model, path, x, y).x_adv
         assert (x_adv - x).abs().max() <= 0.1 + 1e-6
 
 

@@ -201,11 +201,11 @@ def test_paths_drive_pgd_inside_the_ball_and_are_deterministic(attacked, path):
     assert first.shape == x.shape and first.abs().max() > 0
     torch.testing.assert_close(path.input_gradient(model, x, y, cross_entropy), first,
                                rtol=0, atol=0)
-    x_same = PGD(eps=0.0, steps=2).perturb(model, x, y, path)
+    x_same = PGD(eps=0.0, steps=2).run(model, path, x, y).x_adv
     torch.testing.assert_close(x_same, x, rtol=0, atol=0)
     for norm, eps, step in [("linf", 0.05, 0.02), ("l2", 0.3, 0.2)]:
-        x_adv = PGD(eps=eps, step_size=step, steps=2, norm=norm).perturb(
-            model, x, y, path, generator=torch.Generator().manual_seed(0))
+        x_adv = PGD(eps=eps, step_size=step, steps=2, norm=norm).run(
+            model, path, x, y, generator=torch.Generator().manual_seed(0)).x_adv
         check_perturbation(x_adv, x, eps, norm, (0.0, 1.0))
         assert (x_adv != x).any()
 

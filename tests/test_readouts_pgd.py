@@ -7,6 +7,7 @@ import torch
 
 from deqshield.attacks import PGD, check_perturbation, cross_entropy, margin, project
 from deqshield.models import ConvDEQ, SmallCNN
+from deqshield.paths import FinalState
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.solvers import Anderson, Picard
 
@@ -59,7 +60,7 @@ def test_pgd_stays_in_the_ball_and_range_and_raises_the_loss(model, norm, eps, s
     x = torch.rand(6, 1, 8, 8)
     y = torch.randint(0, 10, (6,))
     attack = PGD(eps=eps, step_size=step, steps=8, norm=norm)
-    x_adv = attack.perturb(model, x, y, generator=torch.Generator().manual_seed(0))
+    x_adv = attack.run(model, FinalState(), x, y, generator=torch.Generator().manual_seed(0)).x_adv
     check_perturbation(x_adv, x, eps, norm, (0.0, 1.0))
     with torch.no_grad():
         assert cross_entropy(model(x_adv), y).mean() > cross_entropy(model(x), y).mean()
@@ -67,14 +68,15 @@ def test_pgd_stays_in_the_ball_and_range_and_raises_the_loss(model, norm, eps, s
 
 def test_pgd_with_zero_eps_returns_the_input(model):
     x = torch.rand(3, 1, 8, 8)
-    x_adv = PGD(eps=0.0, steps=3).perturb(model, x, torch.zeros(3, dtype=torch.long))
+    x_adv = PGD(eps=0.0, steps=3).run(model, FinalState(), x, torch.zeros(3, dtype=torch.long)).x_adv
     torch.testing.assert_close(x_adv, x, rtol=0, atol=0)
 
 
 def test_pgd_is_reproducible_with_a_seeded_generator():
     net = SmallCNN(channels=(4,)).build((1, 8, 8), 10)
     x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
-    runs = [PGD(eps=0.1, steps=3).perturb(net, x, y, generator=torch.Generator().manual_seed(5))
+    runs = [PGD(eps=0.1, steps=3).run(net, FinalState(), x, y,
+                           generator=torch.Generator().manual_seed(5)).x_adv
             for _ in range(2)]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 

@@ -4,7 +4,8 @@ and its bound-growth curve (CerDEQ Fig. 3); ``deqshield certify RUN`` is a thin 
 ``limit`` examples), with the run's best checkpoint (latest if it has none) in eval mode:
 
 * clean accuracy: the model answers (every DEQ residual <= delta) and predicts y;
-* PGD accuracy: the same at x' = PGD-k(x) (final-state gradient, step 2.5 eps / k, l_inf eps);
+* PGD accuracy: the same at x' = PGD-k(x) (final-state gradient, step 2.5 eps / k, l_inf eps,
+  ``pgd_restarts`` random starts; x' is the first misclassified iterate of any restart);
 * certified accuracy: :func:`deqshield.certify.certify` proves that every x' in the clipped
   eps-box is classified y or abstained on.
 
@@ -38,11 +39,13 @@ from deqshield.config import load_config
 from deqshield.data import ArrayDataset, load_dataset
 from deqshield.errors import InputError
 from deqshield.paths import FinalState
+from deqshield.readouts import Final
 from deqshield.training.objectives import Certified
 
 
 def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = None,
                 limit: Optional[int] = None, eps: Optional[float] = None, pgd_steps: int = 20,
+                pgd_restarts: int = 3,
                 batch_size: int = 256, data_dir: Optional[str] = None,
                 curve_samples: int = 64, curve_iterations: int = 30, seed: int = 0
                 ) -> dict[str, Any]:
@@ -68,16 +71,16 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
     info = load_checkpoint(checkpoint or run_dir, model=model, restore_rng=False)
     model.eval()
     attack = PGD(eps=eps, step_size=2.5 * eps / max(pgd_steps, 1), steps=pgd_steps,
-                 bounds=clip or (0.0, 1.0))
-    counts = evaluate_certified(model, data, eps, clip, attack, batch_size, seed)
+                 restarts=pgd_restarts, bounds=clip or (0.0, 1.0))
+    counts, samples = evaluate_certified(model, data, eps, clip, attack, batch_size, seed)
     n = counts.pop("samples")
     accuracy = {key: counts[key] / max(n, 1) for key in ("clean", "pgd", "certified")}
     results: dict[str, Any] = {
         "run": str(run_dir), "checkpoint": str(info.path), "step": info.step,
         "model": config.model.name, "parameters": sum(p.numel() for p in model.parameters()),
         "data": data.name, "samples": n, "eps": eps, "clip": clip,
-        "attack": f"PGD-{pgd_steps} (l_inf, step {attack.step_size:.4g}, random start, "
-                  "final-state gradient)",
+        "attack": f"PGD-{pgd_steps} (l_inf, step {attack.step_size:.4g}, {pgd_restarts} random "
+                  "start(s), final-state gradient, first misclassified iterate kept)",
         "accuracy": accuracy,
         "error_percent": {"standard": 100 * (1 - accuracy["clean"]),
                           "certified": 100 * (1 - accuracy["certified"]),
@@ -87,6 +90,7 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
         "contractions": model.contractions() if isinstance(model, CerDEQ) else [],
         "bound_growth": bound_growth(model, data.images[:curve_samples],
                                      eps, clip, curve_iterations),
+        "per_sample": samples,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "certify.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -98,26 +102,36 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
 
 def evaluate_certified(model: CertifiableClassifier, data: ArrayDataset, eps: float,
                        clip: Optional[tuple[float, float]], attack: PGD, batch_size: int,
-                       seed: int) -> dict[str, int]:
-    """Counts over ``data``: samples, clean / PGD / certified correct, clean abstentions, and
-    certified samples whose PGD example gets another (non-abstained) label."""
+                       seed: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Counts over ``data`` (samples, clean / PGD / certified correct, clean abstentions, and
+    certified samples whose PGD example gets another, non-abstained, label) and the per-sample
+    records (clean, pgd, certified, the certified margin min_j (logit_y - logit_j) lower
+    bound). PGD keeps the first misclassified example over its iterates and restarts."""
     generator = torch.Generator().manual_seed(seed)
     counts = dict.fromkeys(("samples", "clean", "pgd", "certified", "abstained", "broken"), 0)
+    samples: list[dict[str, Any]] = []
     for start in range(0, len(data), batch_size):
         x = data.images[start:start + batch_size]
         y = data.labels[start:start + batch_size]
         with torch.no_grad():
             clean = model.predict(x)
-        certified, _ = certify(model, x, y, eps, clip)
+        certified, margins = certify(model, x, y, eps, clip)
+        witness = attack.run(model, FinalState(), x, y, defenses=(Final(),),
+                             generator=generator).witnesses[0]
         with torch.no_grad():
-            adversarial = model.predict(attack.perturb(model, x, y, FinalState(), generator))
+            adversarial = model.predict(witness)
+        broken = certified & (adversarial != y) & (adversarial != -1)
         counts["samples"] += len(y)
         counts["clean"] += int((clean == y).sum())
         counts["abstained"] += int((clean == -1).sum())
         counts["certified"] += int(certified.sum())
         counts["pgd"] += int((adversarial == y).sum())
-        counts["broken"] += int((certified & (adversarial != y) & (adversarial != -1)).sum())
-    return counts
+        counts["broken"] += int(broken.sum())
+        margin = margins.scatter(1, y[:, None], float("inf")).min(dim=1).values
+        samples += [{"index": start + i, "label": int(y[i]), "clean": bool(clean[i] == y[i]),
+                     "pgd": bool(adversarial[i] == y[i]), "certified": bool(certified[i]),
+                     "certified_margin": float(margin[i])} for i in range(len(y))]
+    return counts, samples
 
 
 def _relative_width(box: Interval, reference: Tensor) -> float:

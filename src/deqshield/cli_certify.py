@@ -11,7 +11,8 @@ from deqshield.certification import certify_run
 
 def _certify(args: argparse.Namespace) -> int:
     results = certify_run(args.run_dir, out=args.out, limit=args.limit, eps=args.eps,
-                          pgd_steps=args.pgd_steps, batch_size=args.batch_size,
+                          pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                          batch_size=args.batch_size,
                           data_dir=args.data_dir, seed=args.seed)
     accuracy = results["accuracy"]
     print(f"clean {100 * accuracy['clean']:.2f}%  PGD {100 * accuracy['pgd']:.2f}%  "
@@ -31,6 +32,8 @@ def add_certify_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="first N test examples (default: all)")
     parser.add_argument("--eps", type=float, help="l_inf radius (default: the run's eps)")
     parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default 20)")
+    parser.add_argument("--pgd-restarts", type=int, default=3,
+                        help="PGD random restarts (default 3)")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
     parser.add_argument("--seed", type=int, default=0, help="PGD random-start seed (default 0)")

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from deqshield.evaluation import SOLVERS, evaluate_run
+from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import AutoAttackBudget
 from deqshield.readouts import EntropyReduction
 
@@ -22,7 +23,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                            autoattack=not args.no_autoattack, quick=args.quick,
                            early_exit=args.early_exit, seed=args.seed,
                            budget=AutoAttackBudget(apgd_iterations=args.apgd_iterations,
-                                                   square_queries=args.square_queries),
+                                                   square_queries=args.square_queries,
+                                                   restarts=args.restarts),
+                           screening=(Screening(samples=args.screen_samples, keep=args.keep,
+                                                follow=args.follow) if args.screen else None),
                            progress=not args.quiet)
     worst = results["aggregate"]["worst_case"]
     min_max = results["aggregate"]["min_max"]
@@ -62,10 +66,23 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="beta (default 2/255)")
     parser.add_argument("--no-autoattack", action="store_true",
                         help="skip the AutoAttack columns (APGD, Square)")
-    parser.add_argument("--apgd-iterations", type=int, default=100,
+    parser.add_argument("--apgd-iterations", type=int, default=AutoAttackBudget().apgd_iterations,
                         help="APGD iterations (default 100, AutoAttack's)")
-    parser.add_argument("--square-queries", type=int, default=5000,
+    parser.add_argument("--square-queries", type=int, default=AutoAttackBudget().square_queries,
                         help="Square queries (default 5000, AutoAttack's)")
+    parser.add_argument("--restarts", type=int, default=AutoAttackBudget().restarts,
+                        help="random restarts of every attack (default 1); every attack "
+                             "keeps the first misclassified example over iterates and restarts")
+    parser.add_argument("--screen", action="store_true",
+                        help="rank the attacks on a few samples first; run the strongest on all "
+                             "(the others keep their screening verdicts)")
+    parser.add_argument("--screen-samples", type=int, default=Screening().samples,
+                        help=f"samples of the screening (default {Screening().samples})")
+    parser.add_argument("--keep", type=int, default=Screening().keep,
+                        help=f"PGD columns kept after screening (default {Screening().keep})")
+    parser.add_argument("--follow", type=int, default=Screening().follow,
+                        help="strongest paths fed to APGD after screening "
+                             f"(default {Screening().follow})")
     parser.add_argument("--quick", action="store_true",
                         help="few samples, capped AutoAttack budget: a smoke test")
     parser.add_argument("--early-exit", action="store_true",

@@ -85,8 +85,8 @@ def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
 
 MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
 DEMO_ATTACKS = ("ready-made (phantom)", "simultaneous adjoint ensemble",
-                "unrolled (i=1, K=1, lambda=1.0)", "unrolled (i=1, K=5, lambda=0.5)",
-                "unrolled ensemble", "adaptive: through entropy reduction",
+                "unrolled (i=1, K=1, lambda=1)", "unrolled (i=1, K=5, lambda=0.5)",
+                "unrolled (i=0, K=8, lambda=1) = full unroll", "unrolled ensemble", "adaptive: through entropy reduction",
                 "Square (gradient-free)")
 """The demo's columns of the standard attack set: the ready-made attack, one of each kind of
 intermediate-state attack, the adaptive attack on the entropy defense and the gradient-free

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from deqshield.attacks.pgd import PGD
 from deqshield.models import DEQClassifier
 from deqshield.paths.base import GradientPath
+from deqshield.paths.final_state import FinalState
 from deqshield.predictions import prediction_entropy
 from deqshield.solvers import FixedPointSolver, SolverStep
 
@@ -91,7 +92,7 @@ def adversarial_dataset(model: nn.Module, data: Dataset, attack: PGD,
     xs, ys = [], []
     model.eval()
     for x, y in DataLoader(data, batch_size=batch_size):
-        xs.append(attack.perturb(model, x, y, path, generator=generator))
+        xs.append(attack.run(model, path or FinalState(), x, y, generator=generator).x_adv)
         ys.append(y)
     return TensorDataset(torch.cat(xs), torch.cat(ys))
 

@@ -35,9 +35,11 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
+from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import (
     AutoAttackBudget,
     explicit_protocol,
+    redundant_early,
     standard_protocol,
 )
 from deqshield.readouts import EntropyReduction
@@ -58,16 +60,19 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
                    attack_labels: Optional[Sequence[str]] = None,
                    budget: AutoAttackBudget = AutoAttackBudget(),
+                   screening: Optional[Screening] = None,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping (an explicit
     network gets its output attacked by PGD-10, APGD and Square instead). The early
     index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
-    those columns of the standard attack set (all by default)."""
+    those columns of the standard attack set (all by default); ``screening`` ranks the attacks
+    on a few samples first (:mod:`deqshield.protocol.screening`)."""
     model.eval()
     test = _first(test, limit)
     if not isinstance(model, DEQClassifier):
         protocol = explicit_protocol(eps=eps, autoattack=autoattack, quick=quick,
-                                     early_exit=early_exit, seed=seed, budget=budget)
+                                     early_exit=early_exit, seed=seed, budget=budget,
+                                     screening=screening)
         results = run_protocol(protocol, model, test, meta=meta, progress=progress)
         results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
         write_report(out_dir, results)
@@ -91,7 +96,8 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     diagnostics["early_selection"] = {str(k): v for k, v in scores.items()}
     protocol = standard_protocol(model, eps=eps, early_index=early_index, sweep=sweep,
                                  entropy=entropy, autoattack=autoattack, quick=quick,
-                                 early_exit=early_exit, seed=seed, budget=budget)
+                                 early_exit=early_exit, seed=seed, budget=budget,
+                                 screening=screening)
     if attack_labels is not None:
         kept = tuple(spec for spec in protocol.attacks if spec.title in attack_labels)
         missing = set(attack_labels) - {spec.title for spec in kept}
@@ -99,6 +105,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
             raise InputError(f"no such attacks in the standard set: {sorted(missing)}")
         protocol = dataclasses.replace(protocol, attacks=kept)
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
+    results["notes"] = [note for note in (redundant_early(model, early_index),) if note]
     results["diagnostics"] = diagnostics
     results["plots"] = _plots(results, diagnostics, out_dir)
     write_report(out_dir, results)

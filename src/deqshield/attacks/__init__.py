@@ -1,10 +1,12 @@
-"""Attacks: PGD here; APGD/FAB/Square come from the reference AutoAttack implementation."""
+"""Attacks, all with one call shape (:class:`~deqshield.attacks.base.Attack`): PGD here;
+APGD/FAB/Square come from the reference AutoAttack implementation."""
 
+from deqshield.attacks.autoattack import AutoAttackBridge
+from deqshield.attacks.base import Attack, AttackResult
 from deqshield.attacks.losses import LOSSES, cross_entropy, margin
-from deqshield.attacks.autoattack import AutoAttackBridge, BridgeOutcome
 from deqshield.attacks.pgd import PGD
-from deqshield.threat import check_perturbation, project
 from deqshield.attacks.straight_through import StraightThrough
+from deqshield.threat import check_perturbation, project
 
-__all__ = ["LOSSES", "PGD", "AutoAttackBridge", "BridgeOutcome", "StraightThrough",
+__all__ = ["LOSSES", "PGD", "Attack", "AttackResult", "AutoAttackBridge", "StraightThrough",
            "check_perturbation", "cross_entropy", "margin", "project"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -24,11 +24,12 @@ from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 from torch import Tensor
 
-from deqshield.threat import check_perturbation
+from deqshield.attacks.base import AttackResult, Scoreboard
 from deqshield.attacks.straight_through import StraightThrough
 from deqshield.models import Classifier
 from deqshield.paths.base import GradientPath
 from deqshield.readouts.base import Readout
+from deqshield.readouts.states import Final
 from deqshield.settings import component
 
 AutoAttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -38,14 +39,7 @@ BOUNDS = (0.0, 1.0)
 """AutoAttack's fixed input range."""
 _LOGGER_NAME = "auto-attack"
 _NORMS = {"linf": "Linf", "l2": "L2"}
-
-
-@dataclass(frozen=True)
-class BridgeOutcome:
-    """Adversarial examples and AutoAttack's warnings (findings to report)."""
-
-    x_adv: Tensor
-    findings: tuple[str, ...]
+_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
 
 
 @component
@@ -64,26 +58,64 @@ class AutoAttackBridge:
     fab_iterations: Annotated[int, Field(ge=1)] = 100
     square_queries: Annotated[int, Field(ge=1)] = 5000
     target_classes: Annotated[int, Field(ge=1)] = 9
+    restarts: Annotated[int, Field(ge=1)] = 1
     seed: int = 0
     batch_size: Annotated[int, Field(ge=1)] = 250
+
+    @property
+    def label(self) -> str:
+        return ", ".join(_LABELS[member] for member in self.attacks)
 
     @property
     def gradient_free(self) -> bool:
         """True when no member attack uses the gradient path."""
         return set(self.attacks) <= GRADIENT_FREE
 
-    def perturb(self, model: Classifier, readout: Readout, path: GradientPath, x: Tensor,
-                y: Tensor) -> BridgeOutcome:
-        """Run AutoAttack against ``readout``'s prediction with ``path``'s gradient."""
+    @property
+    def cheap(self) -> bool:
+        return False
+
+    def at_radius(self, eps: float) -> "AutoAttackBridge":
+        return dataclasses.replace(self, eps=eps)
+
+    def capped(self, iterations: int, queries: int) -> "AutoAttackBridge":
+        return dataclasses.replace(
+            self, apgd_iterations=min(self.apgd_iterations, iterations),
+            fab_iterations=min(self.fab_iterations, iterations),
+            square_queries=min(self.square_queries, queries))
+
+    def starts(self, x: Tensor, generator: Optional[torch.Generator]) -> None:
+        """AutoAttack draws its own randomness (from ``seed``)."""
+        return None
+
+    def run(self, model: Classifier, path: GradientPath, x: Tensor, y: Tensor, *,
+            defenses: Sequence[Readout] = (), start: Optional[Tensor] = None,
+            generator: Optional[torch.Generator] = None) -> AttackResult:
+        """AutoAttack against each defense's prediction (``Final`` without defenses) with
+        ``path``'s gradient; ``x_adv`` is the run against the first. AutoAttack keeps the best
+        example over its iterates and restarts itself; each defense then scores its own."""
         x = x.detach()
+        targets = tuple(defenses) or (Final(),)
+        board = Scoreboard(model, defenses, x, y)
+        runs, findings = [], []
+        for readout in targets:
+            x_adv, found = self._attack(model, readout, path, x, y)
+            runs.append(x_adv)
+            findings.extend(f for f in found if f not in findings)
+        for d, x_adv in enumerate(runs[:len(defenses)]):
+            board.score_one(d, x_adv)
+        result = board.result(runs[0], tuple(findings))
+        result.check(x, self.eps, self.norm, BOUNDS)
+        return result
+
+    def _attack(self, model: Classifier, readout: Readout, path: GradientPath, x: Tensor,
+                y: Tensor) -> tuple[Tensor, list[str]]:
         if self.eps == 0:
-            return BridgeOutcome(x.clone(), ())
+            return x.clone(), []
         runner = self._runner(StraightThrough(model, readout, path), model.num_classes, x.device)
         with _captured_findings() as findings:
             x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.batch_size)
-        x_adv = x_adv.detach().to(x.dtype)
-        check_perturbation(x_adv, x, self.eps, self.norm, BOUNDS)
-        return BridgeOutcome(x_adv, tuple(dict.fromkeys(findings)))
+        return x_adv.detach().to(x.dtype), findings
 
     def _runner(self, target: StraightThrough, num_classes: int,
                 device: torch.device) -> AutoAttack:
@@ -92,15 +124,15 @@ class AutoAttackBridge:
         runner = AutoAttack(target, attacks=list(self.attacks), device=device, eps=self.eps,
                             norm=norm, seed=self.seed, version="custom")
         common = dict(norm=norm, eps=self.eps, seed=self.seed, device=device, verbose=False)
-        runner.apgd = APGDAttack(target, n_iter=self.apgd_iterations, n_restarts=1,
+        runner.apgd = APGDAttack(target, n_iter=self.apgd_iterations, n_restarts=self.restarts,
                                  logger=runner.logger, **common)
         runner.apgd_targeted = APGDAttack_targeted(
-            target, n_iter=self.apgd_iterations, n_restarts=1, n_target_classes=targets,
-            logger=runner.logger, **common)
+            target, n_iter=self.apgd_iterations, n_restarts=self.restarts,
+            n_target_classes=targets, logger=runner.logger, **common)
         runner.fab = FABAttack_PT(target, n_iter=self.fab_iterations, n_restarts=1,
                                   n_target_classes=targets, **common)
         runner.square = SquareAttack(target, n_queries=self.square_queries, p_init=0.8,
-                                     n_restarts=1, resc_schedule=False, **common)
+                                     n_restarts=self.restarts, resc_schedule=False, **common)
         return runner
 
 

@@ -9,6 +9,11 @@ exactly Eq. 13-15: lambda sum_t (df(z^_{n+t}; x)/dx)^T P^(t) dL/dz with the prod
 P^(t) of (lambda df/dz + (1 - lambda) I)^T; z_n itself is treated as a constant. With
 lambda = 1 this is backpropagation through k plain iterations from z_n (the regulating-dynamics
 paper's intermediate unrolling, its Eq. 11). Memory O(k), independent of the solver's steps.
+
+Full unrolling: ``index=0, steps=N, damping=1`` differentiates N plain iterations from z_0
+(backpropagation through the whole solve, BPTT), the strongest simple surrogate for many small
+DEQs. It equals autograd through the Picard iteration z_{t+1} = f(z_t; x) from z_0 (which does
+not depend on x), whatever solver the model's forward pass uses.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class UnrolledIntermediate:
     index: Annotated[int, Field(ge=0)] = 1
     steps: Annotated[int, Field(ge=1)] = 1
     damping: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    @property
+    def label(self) -> str:
+        """``unrolled (i=.., K=.., lambda=..)``: the one label grammar of this path."""
+        return f"unrolled (i={self.index}, K={self.steps}, lambda={self.damping:g})"
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
         return unrolled_gradient(model, x, y, loss, self.name, (self.index,), self.steps,

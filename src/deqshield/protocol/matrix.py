@@ -1,27 +1,26 @@
 """The evaluation matrix: every defense (row) under every attack (column), per sample.
 
-Each attack targets the defense's own prediction: AutoAttack runs on the straight-through model
-(value of the readout, gradient of the attack's path), and PGD's examples are scored with the
-readout. Only samples the defense classifies correctly are attacked; with ``early_exit`` also
-samples an earlier attack already broke are skipped. Attacks act per sample and PGD's random
-starts are drawn once per cell for every sample (not per batch), so the per-sample worst case
-of an early-exit run equals the exhaustive run's. AutoAttack draws its own randomness per
-batch; with AutoAttack columns the two runs agree in distribution.
+Each attack targets the defense's own prediction: PGD's iterates are scored by every defense
+(best iterate over iterates and restarts; one PGD run serves all defenses, since its iterates
+depend only on the gradient path), and AutoAttack runs on the straight-through model of each
+defense (value of the readout, gradient of the attack's path). Only samples a defense
+classifies correctly count as attacked for it. With ``early_exit`` a column attacks only the
+samples that some defense has not lost yet, so strong attacks first make the weak ones cheap.
+Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
+for every sample, not per batch, so an early-exit run gives the same per-sample verdicts as the
+exhaustive one; AutoAttack draws its own randomness per batch (equal in distribution).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from deqshield.attacks.autoattack import AutoAttackBridge
-from deqshield.attacks.pgd import PGD
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.protocol.specs import AttackSpec, defense_label
 from deqshield.protocol.verdicts import SURVIVED, VerdictTable, as_verdict
@@ -40,37 +39,25 @@ def predict(model: Classifier, readout: Readout, x: Tensor, batch_size: int) -> 
                       for part in x.split(batch_size)])
 
 
-def attack_batch(model: Classifier, readout: Readout, spec: AttackSpec, x: Tensor, y: Tensor,
-                 start: Optional[Tensor]) -> tuple[Tensor, tuple[str, ...]]:
-    """Adversarial examples against ``readout`` and the attack's findings; ``start`` holds
-    PGD's per-sample random starts."""
-    if isinstance(spec.attack, AutoAttackBridge):
-        outcome = spec.attack.perturb(model, readout, spec.path, x, y)
-        return outcome.x_adv, outcome.findings
-    return spec.attack.perturb(model, x, y, spec.path, start=start), ()
+def column_starts(spec: AttackSpec, x_all: Tensor, seed: int) -> Optional[Tensor]:
+    """The attack's per-sample randomness for every sample, drawn once per column from
+    ``seed`` (None if the attack draws its own)."""
+    return spec.attack.starts(x_all, torch.Generator().manual_seed(seed))
 
 
-def random_starts(spec: AttackSpec, x_all: Tensor, seed: int) -> Optional[Tensor]:
-    """PGD's random starts for every sample, drawn once per cell from ``seed``: a sample's
-    start does not depend on which other samples share its batch, so an early-exit run gives
-    the same per-sample verdicts as the exhaustive one."""
-    if not isinstance(spec.attack, PGD):
-        return None
-    return spec.attack.random_start_for(x_all, torch.Generator().manual_seed(seed))
-
-
-def nonconverged_count(model: Classifier, x: Tensor) -> int:
-    """Samples whose forward solve does not converge (0 for explicit networks)."""
+def nonconverged(model: Classifier, x: Tensor) -> Tensor:
+    """Per sample: the forward solve of x does not converge (all False for explicit nets)."""
     if not isinstance(model, DEQClassifier):
-        return 0
-    return int((~model.trajectory(x, record_states=False).converged).sum())
+        return torch.zeros(len(x), dtype=torch.bool)
+    return ~model.trajectory(x, record_states=False).converged
 
 
 def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout],
                     attacks: Sequence[AttackSpec], *, batch_size: int = 128,
                     early_exit: bool = False, seed: int = 0,
                     progress: bool = True) -> VerdictTable:
-    """Per-sample verdicts of every (defense, attack) cell, with clean accuracy per defense."""
+    """Per-sample verdicts of every (defense, attack) cell, with clean accuracy per defense;
+    the columns run in the given order."""
     model.eval()
     x_all, y_all = materialize(data)
     rows = [defense_label(readout) for readout in defenses]
@@ -78,55 +65,58 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
     if len(set(rows)) < len(rows) or len(set(columns)) < len(columns):
         raise ValueError(f"defense and attack labels must be unique: {rows}, {columns}")
     table = VerdictTable(rows, columns, {}, {})
-    per_cell = math.ceil(len(y_all) / batch_size)
-    bar = tqdm(total=len(rows) * len(columns) * per_cell, disable=not progress,
-               desc="evaluate", unit="batch")
-    for row, readout in zip(rows, defenses):
-        clean = predict(model, readout, x_all, batch_size) == y_all
-        table.clean[row] = clean
-        alive = clean.clone()
-        for column, spec in zip(columns, attacks):
-            bar.set_postfix_str(f"{row} vs {column}")
-            attacked = alive.clone() if early_exit else clean
-            survived, findings, unconverged = _run_cell(
-                model, readout, spec, x_all, y_all, attacked, batch_size, seed, bar.update)
-            bar.update(per_cell - math.ceil(int(attacked.sum()) / batch_size))
-            verdict = as_verdict(survived, attacked, clean)
+    clean = torch.stack([predict(model, readout, x_all, batch_size) == y_all
+                         for readout in defenses])
+    table.clean.update(zip(rows, clean))
+    alive = clean.clone()
+    bar = tqdm(total=len(columns) * len(y_all), disable=not progress, desc="evaluate",
+               unit="sample")
+    for column, spec in zip(columns, attacks):
+        bar.set_postfix_str(column)
+        needed = (alive if early_exit else clean).any(dim=0)
+        broken, unconverged, findings = _run_column(model, defenses, spec, x_all, y_all,
+                                                    needed, batch_size, seed, bar.update)
+        bar.update(int((~needed).sum()))
+        for d, row in enumerate(rows):
+            attacked = needed & clean[d]
+            verdict = as_verdict(~broken[d], attacked, clean[d])
             table.verdicts[row, column] = verdict
             table.findings[row, column] = findings
-            table.nonconverged[row, column] = unconverged / max(1, int(attacked.sum()))
-            alive &= verdict == SURVIVED
+            table.nonconverged[row, column] = (int((unconverged[d] & attacked).sum())
+                                               / max(1, int(attacked.sum())))
+            alive[d] &= verdict == SURVIVED
     bar.close()
     return table
 
 
-def _run_cell(model: Classifier, readout: Readout, spec: AttackSpec, x_all: Tensor,
-              y_all: Tensor, attacked: Tensor, batch_size: int,
-              seed: int, tick: Callable[[int], object]) -> tuple[Tensor, list[str], int]:
-    """Attack the ``attacked`` samples batch by batch; (survived, findings, non-converged
-    count). ``tick(1)`` is called after each batch."""
-    starts = random_starts(spec, x_all, seed)
-    survived = torch.zeros_like(attacked)
+def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec,
+                x_all: Tensor, y_all: Tensor, needed: Tensor, batch_size: int, seed: int,
+                tick) -> tuple[Tensor, Tensor, list[str]]:
+    """Attack the ``needed`` samples batch by batch against all defenses: (broken (D, N),
+    unconverged (D, N): the witness's forward solve does not converge, findings)."""
+    starts = column_starts(spec, x_all, seed)
+    broken = torch.zeros(len(defenses), len(y_all), dtype=torch.bool)
+    unconverged = torch.zeros_like(broken)
     findings: list[str] = []
-    unconverged = 0
-    indices = attacked.nonzero().squeeze(1)
+    indices = needed.nonzero().squeeze(1)
     for part in indices.split(batch_size) if len(indices) else ():  # split() of [] gives [[]]
-        x, y = x_all[part], y_all[part]
-        x_adv, found = attack_batch(model, readout, spec, x, y,
-                                    None if starts is None else starts[part])
-        survived[part] = readout.logits(model, x_adv).argmax(dim=1) == y
-        findings.extend(f for f in found if f not in findings)
-        unconverged += nonconverged_count(model, x_adv)
-        tick(1)
-    return survived, findings, unconverged
+        result = spec.attack.run(model, spec.path, x_all[part], y_all[part], defenses=defenses,
+                                 start=None if starts is None else starts[:, part])
+        broken[:, part] = result.broken
+        for d, witnesses in enumerate(result.witnesses):
+            unconverged[d, part] = nonconverged(model, witnesses)
+        findings.extend(f for f in result.findings if f not in findings)
+        tick(len(part))
+    return broken, unconverged, findings
 
 
 def cell_examples(model: Classifier, readout: Readout, spec: AttackSpec, x: Tensor, y: Tensor,
                   *, batch_size: int = 128, seed: int = 0) -> Tensor:
-    """Adversarial examples of one attack against one defense for all of (x, y)."""
-    starts = random_starts(spec, x, seed)
+    """Adversarial examples of one attack against one defense for all of (x, y): the first
+    example that broke the defense, else the attack's final example."""
+    starts = column_starts(spec, x, seed)
     parts = torch.arange(len(y)).split(batch_size)
-    return torch.cat([attack_batch(model, readout, spec, x[part], y[part],
-                                   None if starts is None else starts[part])[0]
+    return torch.cat([spec.attack.run(model, spec.path, x[part], y[part], defenses=(readout,),
+                                      start=None if starts is None else starts[:, part]
+                                      ).witnesses[0]
                       for part in parts])
-

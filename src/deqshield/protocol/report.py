@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from deqshield.protocol.flags import Flag
 from deqshield.protocol.specs import AttackSpec, Protocol
-from deqshield.protocol.verdicts import VerdictTable
+from deqshield.protocol.verdicts import BROKEN, SKIPPED, SURVIVED, UNTESTED, VerdictTable
 from deqshield.settings import settings_dict
 
 SCHEMA_VERSION = 1
@@ -35,7 +35,30 @@ def results_dict(table: VerdictTable, specs: Sequence[AttackSpec], flags: Sequen
             "worst_case": {"defense": best, "robust_accuracy": worst},
         },
         "flags": [flag.as_dict() for flag in flags],
+        "per_sample": per_sample(table),
     }
+
+
+def per_sample(table: VerdictTable) -> dict[str, Any]:
+    """Per sample and defense: clean correctness, the verdict of every attack (one character
+    per attack, in the order of ``attacks``) and the first attack that broke it."""
+    symbols = {SURVIVED: "1", BROKEN: "0", SKIPPED: "-", UNTESTED: "."}
+    samples = []
+    for i in range(table.samples):
+        entry: dict[str, Any] = {"index": i}
+        for defense in table.defenses:
+            entry[defense] = {
+                "clean": bool(table.clean[defense][i]),
+                "verdicts": "".join(symbols[int(table.verdicts[defense, attack][i])]
+                                    for attack in table.attacks)}
+        samples.append(entry)
+    for defense in table.defenses:
+        for entry, attack in zip(samples, table.broken_by(defense)):
+            entry[defense]["broken_by"] = attack
+    return {"legend": "verdicts: one character per attack in the order of `attacks`: "
+                      "1 survived, 0 broken, - skipped (already broken, early exit), "
+                      ". untested (screened-out attack, outside the screened samples)",
+            "attacks": list(table.attacks), "samples": samples}
 
 
 def _defense_entry(table: VerdictTable, defense: str) -> dict[str, Any]:
@@ -44,6 +67,8 @@ def _defense_entry(table: VerdictTable, defense: str) -> dict[str, Any]:
         "clean_accuracy": table.clean_accuracy(defense),
         "cells": [{"attack": attack,
                    "robust_accuracy": table.cell_accuracy(defense, attack),
+                   "attacked": table.attacked(defense, attack)[0],
+                   "survived": table.attacked(defense, attack)[1],
                    "nonconverged_fraction": table.nonconverged.get((defense, attack), 0.0)}
                   for attack in table.attacks],
         "cumulative_accuracy": table.cumulative_accuracy(defense),
@@ -95,11 +120,39 @@ def render_report(results: dict[str, Any]) -> str:
         lines.append("- min-max robustness (papers): n/a (early exit leaves cells unknown)")
     lines.append(f"- per-sample worst case: {_percent(worst['robust_accuracy'])}% "
                  f"({worst['defense']})")
+    lines += _attribution_lines(results) + _screening_lines(results)
+    lines += [f"- note: {note}" for note in results.get("notes", [])]
     if results["flags"]:
         lines += ["", "## Flags (possible gradient obfuscation)", ""] + _flag_lines(results)
     if results.get("diagnostics"):
         lines += render_diagnostics(results["diagnostics"], results.get("plots", []))
     return "\n".join(lines) + "\n"
+
+
+def _attribution_lines(results: dict[str, Any]) -> list[str]:
+    """Per defense: how many samples each attack broke first."""
+    lines = ["", "First attack to break each sample (per defense):", ""]
+    for defense in results["defenses"]:
+        counts: dict[str, int] = {}
+        for entry in results["per_sample"]["samples"]:
+            attack = entry[defense["label"]]["broken_by"]
+            if attack is not None:
+                counts[attack] = counts.get(attack, 0) + 1
+        shown = ", ".join(f"{attack}: {count}" for attack, count in counts.items()) or "none"
+        lines.append(f"- {defense['label']}: {shown}")
+    return lines
+
+
+def _screening_lines(results: dict[str, Any]) -> list[str]:
+    """The screening's ranking, if the run was screened."""
+    screening = results.get("screening")
+    if not screening:
+        return []
+    lines = ["", f"Screening on the first {screening['samples']} samples (broken (defense, "
+             "sample) pairs; kept: run on every sample, else its screening verdicts count):", ""]
+    lines += [f"- {row['attack']}: {row['broken']}{' (kept)' if row['kept'] else ''}"
+              for row in screening["ranking"]]
+    return lines
 
 
 def _flag_lines(results: dict[str, Any]) -> list[str]:

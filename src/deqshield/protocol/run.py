@@ -1,4 +1,5 @@
-"""Run a :class:`~deqshield.protocol.specs.Protocol` end to end: matrix, flags, results."""
+"""Run a :class:`~deqshield.protocol.specs.Protocol` end to end: screening, matrix, flags,
+results."""
 
 from __future__ import annotations
 
@@ -11,22 +12,33 @@ from deqshield.models import Classifier
 from deqshield.protocol.flags import obfuscation_flags
 from deqshield.protocol.matrix import evaluate_matrix
 from deqshield.protocol.report import results_dict, write_report
+from deqshield.protocol.screening import screen_attacks, with_screened
 from deqshield.protocol.specs import Protocol
 
 
 def run_protocol(protocol: Protocol, model: Classifier, data: Dataset, *,
                  out_dir: Optional[Path] = None, meta: Optional[dict[str, Any]] = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Evaluate, flag and (if ``out_dir``) write results.json and report.md; returns results."""
+    """Screen (if the protocol says so), evaluate, flag and (if ``out_dir``) write
+    results.json and report.md; returns the results."""
     if protocol.quick:
         data = Subset(data, range(min(len(data), protocol.quick_samples)))  # type: ignore[arg-type]
     specs = protocol.attack_specs()
-    table = evaluate_matrix(model, data, list(protocol.defenses), specs,
-                            batch_size=protocol.batch_size, early_exit=protocol.early_exit,
-                            seed=protocol.seed, progress=progress)
+    defenses = list(protocol.defenses)
+    options = dict(batch_size=protocol.batch_size, seed=protocol.seed, progress=progress)
+    screening = None
+    if protocol.screening is not None:
+        screening = screen_attacks(protocol.screening, model, data, defenses, specs, **options)
+        specs = screening.order
+    table = evaluate_matrix(model, data, defenses, specs, early_exit=protocol.early_exit,
+                            **options)
+    if screening is not None:
+        specs = with_screened(table, screening)
     flags = obfuscation_flags(table, specs, margin=protocol.obfuscation_margin,
                               threshold=protocol.nonconverged_threshold)
     results = results_dict(table, specs, flags, protocol, meta)
+    if screening is not None:
+        results["screening"] = screening.summary()
     if out_dir is not None:
         write_report(out_dir, results)
     return results

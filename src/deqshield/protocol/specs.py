@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 from pydantic import Field
 
@@ -62,17 +62,24 @@ class AttackSpec:
     @property
     def gradient_free(self) -> bool:
         """True when the attack ignores the gradient path (Square alone)."""
-        return isinstance(self.attack, AutoAttackBridge) and self.attack.gradient_free
+        return self.attack.gradient_free
 
     def with_eps(self, eps: float) -> "AttackSpec":
         """The same spec at radius ``eps`` (PGD's step size scaled with it)."""
-        attack = self.attack
-        if isinstance(attack, PGD) and attack.eps > 0:
-            attack = dataclasses.replace(attack, eps=eps,
-                                         step_size=attack.step_size * eps / attack.eps)
-        else:
-            attack = dataclasses.replace(attack, eps=eps)
-        return dataclasses.replace(self, attack=attack)
+        return dataclasses.replace(self, attack=self.attack.at_radius(eps))
+
+
+@component
+class Screening:
+    """A cheap pass that ranks the attacks before the full run (see
+    :mod:`deqshield.protocol.screening`): every cheap gradient attack (PGD with each gradient
+    path) runs on the first ``samples`` evaluation samples; the full run keeps the ``keep``
+    strongest (strongest first) and feeds the expensive gradient attacks (APGD) the ``follow``
+    strongest paths. The others keep their screening verdicts, on the screened samples."""
+
+    samples: Annotated[int, Field(ge=1)] = 64
+    keep: Annotated[int, Field(ge=1)] = 4
+    follow: Annotated[int, Field(ge=1)] = 2
 
 
 def defense_label(readout: Readout) -> str:
@@ -90,6 +97,8 @@ class Protocol:
     ``quick_square_queries`` queries: a smoke test, not a result. Flags: Square beating every
     gradient attack by more than ``obfuscation_margin`` (accuracy), or more than
     ``nonconverged_threshold`` of the attacked samples leaving the solver unconverged.
+    ``screening`` (None: every attack on every sample) ranks the attacks on a few samples
+    first and runs the strongest on all.
     """
 
     defenses: tuple[ReadoutSpec, ...] = (Final(), Ensemble())
@@ -104,6 +113,7 @@ class Protocol:
     quick_square_queries: Annotated[int, Field(ge=1)] = 100
     obfuscation_margin: Annotated[float, Field(ge=0)] = 0.01
     nonconverged_threshold: Annotated[float, Field(ge=0, le=1)] = 0.05
+    screening: Optional[Screening] = None
 
     def attack_specs(self) -> list[AttackSpec]:
         """The attacks at this protocol's ``eps`` (capped in quick mode)."""
@@ -113,11 +123,5 @@ class Protocol:
         return [self._quick(spec) for spec in specs]
 
     def _quick(self, spec: AttackSpec) -> AttackSpec:
-        attack = spec.attack
-        if not isinstance(attack, AutoAttackBridge):
-            return spec
-        attack = dataclasses.replace(
-            attack, apgd_iterations=min(attack.apgd_iterations, self.quick_apgd_iterations),
-            fab_iterations=min(attack.fab_iterations, self.quick_apgd_iterations),
-            square_queries=min(attack.square_queries, self.quick_square_queries))
-        return dataclasses.replace(spec, attack=attack)
+        return dataclasses.replace(spec, attack=spec.attack.capped(self.quick_apgd_iterations,
+                                                                   self.quick_square_queries))

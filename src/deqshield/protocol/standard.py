@@ -12,16 +12,22 @@ Attacks, all PGD-10 unless noted (Sec. 4-5 and Tables 2-3, 9; regulating-dynamic
   solves with Broyden, whose inverse estimate these paths reuse;
 * unrolled intermediates (Eq. 13-16): the full (i, K, lambda) sweep (i = 1..N, K = 1..9,
   lambda in {0.5, 1}) with ``sweep=True``, else i in {1, early}, K in {1, 5}, both lambdas;
-  and the unrolled ensemble;
+  the full unroll from z_0 (i = 0, K = N, lambda = 1: backpropagation through the whole solve,
+  often the strongest surrogate of a small DEQ); and the unrolled ensemble;
 * adaptive attacks through the entropy-reduction defense (exact unrolled, and BPDA) when it is
   evaluated;
-* AutoAttack's APGD-CE and APGD-T fed the unrolled-ensemble gradient, and Square, the
-  gradient-free control that flags gradient obfuscation.
+* AutoAttack's APGD-CE and APGD-T fed each strong path (full unroll, unrolled ensemble, and
+  through the entropy defense when evaluated; with a screening, the paths it ranks strongest),
+  and Square, the gradient-free control that flags gradient obfuscation.
+
+Every attack keeps the first misclassified example over its iterates and restarts
+(``AutoAttackBudget.restarts``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Annotated, Optional
 
 from pydantic import Field
@@ -40,41 +46,51 @@ from deqshield.paths import (
     UnrolledEnsemble,
     UnrolledIntermediate,
 )
-from deqshield.protocol.specs import AttackSpec, Protocol
+from deqshield.protocol.specs import AttackSpec, Protocol, Screening
 from deqshield.protocol.sweep import intermediate_sweep
-from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
+from deqshield.readouts import Early, Ensemble, EntropyReduction, Final, Readout
 from deqshield.settings import component
 from deqshield.solvers import Broyden
 
-PGD10 = PGD(steps=10)
+SQUARE = "Square (gradient-free)"
 
 
 @component
 class AutoAttackBudget:
-    """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000)."""
+    """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000), and
+    the random restarts of every attack (PGD, APGD, Square)."""
 
     apgd_iterations: Annotated[int, Field(ge=1)] = 100
     square_queries: Annotated[int, Field(ge=1)] = 5000
+    restarts: Annotated[int, Field(ge=1)] = 1
 
 
-def autoattack_columns(path: PathSpec, budget: AutoAttackBudget, label: str
-                       ) -> list[AttackSpec]:
-    """APGD-CE/T fed ``path`` and the gradient-free Square, with ``budget``."""
-    return [AttackSpec(attack=AutoAttackBridge(attacks=("apgd-ce", "apgd-t"),
-                                               apgd_iterations=budget.apgd_iterations),
-                       path=path, label=label),
-            AttackSpec(attack=AutoAttackBridge(attacks=("square",),
-                                               square_queries=budget.square_queries),
-                       label="Square (gradient-free)")]
+def autoattack_columns(paths: Sequence[tuple[PathSpec, Optional[str]]],
+                       budget: AutoAttackBudget) -> list[AttackSpec]:
+    """APGD-CE/T fed each of ``paths`` ((path, path label or None) pairs), then the
+    gradient-free Square, with ``budget``."""
+    apgd = AutoAttackBridge(attacks=("apgd-ce", "apgd-t"), apgd_iterations=budget.apgd_iterations,
+                            restarts=budget.restarts)
+    square = AutoAttackBridge(attacks=("square",), square_queries=budget.square_queries,
+                              restarts=budget.restarts)
+    return [AttackSpec(attack=apgd, path=path,
+                       label="APGD-CE/T" + (f" ({label})" if label else ""))
+            for path, label in paths] + [AttackSpec(attack=square, label=SQUARE)]
 
 
 def explicit_attacks(autoattack: bool = True,
                      budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
     """The attacks for an explicit network: PGD-10, APGD-CE/T and Square."""
-    specs = [AttackSpec(attack=PGD10, path=FinalState(), label="PGD-10")]
+    pgd = PGD(steps=10, restarts=budget.restarts)
+    specs = [AttackSpec(attack=pgd, path=FinalState(), label=pgd.label)]
     if autoattack:
-        specs += autoattack_columns(FinalState(), budget, "APGD-CE/T")
+        specs += autoattack_columns([(FinalState(), None)], budget)
     return specs
+
+
+def full_unroll(model: DEQClassifier) -> UnrolledIntermediate:
+    """Backpropagation through all N = max_iter plain iterations from z_0."""
+    return UnrolledIntermediate(index=0, steps=model.deq.solver.max_iter, damping=1.0)
 
 
 def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = False,
@@ -82,57 +98,76 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
                      budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
     """The attack columns described in the module docstring."""
     steps = model.deq.solver.max_iter
-    specs = [AttackSpec(attack=PGD10, path=FinalState(gradient=Phantom()),
+    pgd = PGD(steps=10, restarts=budget.restarts)
+    specs = [AttackSpec(attack=pgd, path=FinalState(gradient=Phantom()),
                         label="ready-made (phantom)"),
-             AttackSpec(attack=PGD10, path=FinalState(gradient=Implicit()),
+             AttackSpec(attack=pgd, path=FinalState(gradient=Implicit()),
                         label="ready-made (exact)")]
     if isinstance(model.deq.solver, Broyden):
         aligned = min(early_index + 1, steps)
-        specs += [AttackSpec(attack=PGD10, path=SimultaneousAdjoint(index=aligned),
+        specs += [AttackSpec(attack=pgd, path=SimultaneousAdjoint(index=aligned),
                              label=f"simultaneous adjoint u_{aligned}"),
-                  AttackSpec(attack=PGD10, path=SimultaneousAdjoint(ensemble=True),
+                  AttackSpec(attack=pgd, path=SimultaneousAdjoint(ensemble=True),
                              label="simultaneous adjoint ensemble"),
-                  AttackSpec(attack=PGD10, path=AdjointBroyden(index=aligned),
+                  AttackSpec(attack=pgd, path=AdjointBroyden(index=aligned),
                              label=f"adjoint Broyden u_{aligned}")]
     if sweep:
-        specs += list(intermediate_sweep(range(1, steps + 1), PGD10))
+        specs += list(intermediate_sweep(range(1, steps + 1), pgd))
     else:
-        specs += [AttackSpec(attack=PGD10,
-                             path=UnrolledIntermediate(index=i, steps=k, damping=lam),
-                             label=f"unrolled (i={i}, K={k}, lambda={lam})")
-                  for i in sorted({1, min(early_index, steps)}) for k in (1, 5)
-                  for lam in (0.5, 1.0)]
+        unrolled = [UnrolledIntermediate(index=i, steps=k, damping=lam)
+                    for i in sorted({1, min(early_index, steps)}) for k in (1, 5)
+                    for lam in (0.5, 1.0)]
+        specs += [AttackSpec(attack=pgd, path=path, label=path.label) for path in unrolled]
+    bptt = full_unroll(model)
+    specs.append(AttackSpec(attack=pgd, path=bptt, label=f"{bptt.label} = full unroll"))
     ensemble_path = UnrolledEnsemble(steps=1, damping=1.0)
-    specs.append(AttackSpec(attack=PGD10, path=ensemble_path, label="unrolled ensemble"))
+    specs.append(AttackSpec(attack=pgd, path=ensemble_path, label="unrolled ensemble"))
     if entropy is not None:
-        specs += [AttackSpec(attack=PGD10, path=ThroughEntropyReduction(defense=entropy),
+        specs += [AttackSpec(attack=pgd, path=ThroughEntropyReduction(defense=entropy),
                              label="adaptive: through entropy reduction"),
-                  AttackSpec(attack=PGD10, path=EntropyBPDA(
+                  AttackSpec(attack=pgd, path=EntropyBPDA(
                       defense=entropy, inner=UnrolledIntermediate(index=1, steps=1)),
                       label="adaptive: entropy BPDA")]
     if autoattack:
-        specs += autoattack_columns(ensemble_path, budget, "APGD-CE/T (unrolled ensemble)")
+        strong = [(bptt, "full unroll"), (ensemble_path, "unrolled ensemble")]
+        if entropy is not None:
+            strong.append((ThroughEntropyReduction(defense=entropy), "through entropy reduction"))
+        specs += autoattack_columns(strong, budget)
     return specs
 
 
 def explicit_protocol(*, eps: float, autoattack: bool = True, quick: bool = False,
                       early_exit: bool = False, seed: int = 0,
-                      budget: AutoAttackBudget = AutoAttackBudget()) -> Protocol:
+                      budget: AutoAttackBudget = AutoAttackBudget(),
+                      screening: Optional[Screening] = None) -> Protocol:
     """The protocol for an explicit baseline: its output against :func:`explicit_attacks`."""
     return Protocol(defenses=(Final(),), attacks=tuple(explicit_attacks(autoattack, budget)),
-                    eps=eps, quick=quick, early_exit=early_exit, seed=seed)
+                    eps=eps, quick=quick, early_exit=early_exit, seed=seed, screening=screening)
+
+
+def redundant_early(model: DEQClassifier, early_index: int) -> Optional[str]:
+    """Why ``Early(index=early_index)`` is not a defense of its own (it reads z_N = the final
+    state when the index is at least the solver's ``max_iter`` N), or None."""
+    steps = model.deq.solver.max_iter
+    if early_index < steps:
+        return None
+    return (f"early(index={early_index}) reads z_{steps}, the final state of a solver with "
+            f"max_iter={steps}: identical to the final readout, not evaluated separately")
 
 
 def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,
                       sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                       autoattack: bool = True, quick: bool = False, early_exit: bool = False,
-                      seed: int = 0, budget: AutoAttackBudget = AutoAttackBudget()) -> Protocol:
-    """Defenses final / early / ensemble (each also behind ``entropy`` if given) against
-    :func:`standard_attacks` at radius ``eps``."""
-    defenses = [Final(), Early(index=early_index), Ensemble()]
+                      seed: int = 0, budget: AutoAttackBudget = AutoAttackBudget(),
+                      screening: Optional[Screening] = None) -> Protocol:
+    """Defenses final / early / ensemble (each also behind ``entropy`` if given; early left out
+    when :func:`redundant_early`) against :func:`standard_attacks` at radius ``eps``."""
+    defenses: list[Readout] = [Final(), Ensemble()]
+    if redundant_early(model, early_index) is None:
+        defenses.insert(1, Early(index=early_index))
     if entropy is not None:
         defenses += [dataclasses.replace(entropy, base=base) for base in list(defenses)]
     attacks = standard_attacks(model, early_index=early_index, sweep=sweep, entropy=entropy,
                                autoattack=autoattack, budget=budget)
     return Protocol(defenses=tuple(defenses), attacks=tuple(attacks), eps=eps, quick=quick,
-                    early_exit=early_exit, seed=seed)
+                    early_exit=early_exit, seed=seed, screening=screening)

@@ -21,6 +21,5 @@ def intermediate_sweep(indices: Iterable[int], attack: PGD = PGD(), *,
     for index in indices:
         for k in steps:
             for damping in dampings:
-                yield AttackSpec(attack=attack,
-                                 path=UnrolledIntermediate(index=index, steps=k, damping=damping),
-                                 label=f"intermediate(i={index}, K={k}, lambda={damping:g})")
+                path = UnrolledIntermediate(index=index, steps=k, damping=damping)
+                yield AttackSpec(attack=attack, path=path, label=path.label)

@@ -2,13 +2,17 @@
 
 For every defense d the table holds ``clean[d]`` (bool per sample: the defense classifies the
 clean input correctly) and, for every attack a, ``verdict[d, a]`` (int8 per sample):
-``SURVIVED`` (1), ``BROKEN`` (0) or ``SKIPPED`` (-1, not attacked because an earlier attack
-already broke the sample, early-exit mode). A sample misclassified clean is ``BROKEN``.
+``SURVIVED`` (1), ``BROKEN`` (0), ``SKIPPED`` (-1, not attacked because an earlier attack
+already broke the sample, early-exit mode) or ``UNTESTED`` (-2, an attack that a screening ranked
+weak ran only on the screened samples; it neither breaks nor clears the others). A sample
+misclassified clean is ``BROKEN``.
 
 Aggregates:
 
-* cell accuracy: fraction of samples that survive attack a under defense d (unknown if any
-  sample was skipped);
+* cell accuracy: fraction of the tested samples that survive attack a under defense d (unknown
+  if any sample was skipped); the attacked accuracy: the same over the samples the attack
+  actually attacked (what each attack of an early-exit run did on the samples it saw);
+* attribution: per sample, the first attack (in column order) that broke it;
 * papers' min-max (closer-look-neurips22 Sec. 6): per defense the minimum cell over attacks,
   overall the maximum of those minima over defenses;
 * per-sample worst case (stricter): a sample is robust for d only if it survives every attack;
@@ -24,7 +28,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-SURVIVED, BROKEN, SKIPPED = 1, 0, -1
+SURVIVED, BROKEN, SKIPPED, UNTESTED = 1, 0, -1, -2
+CLEAN_ERROR = "clean"
+"""Attribution of a sample the defense misclassifies without any attack."""
 
 
 @dataclass
@@ -46,17 +52,25 @@ class VerdictTable:
         return float(self.clean[defense].float().mean())
 
     def cell_accuracy(self, defense: str, attack: str) -> Optional[float]:
-        """Robust accuracy of one cell; None when samples were skipped (early exit)."""
+        """Robust accuracy of one cell over its tested samples; None when samples were
+        skipped (early exit)."""
         verdict = self.verdicts[defense, attack]
         if (verdict == SKIPPED).any():
             return None
-        return float((verdict == SURVIVED).float().mean())
+        tested = verdict != UNTESTED
+        return float((verdict[tested] == SURVIVED).float().mean()) if tested.any() else None
+
+    def attacked(self, defense: str, attack: str) -> tuple[int, int]:
+        """(samples the attack attacked under the defense, of which survived)."""
+        verdict = self.verdicts[defense, attack]
+        attacked = self.clean[defense] & ((verdict == SURVIVED) | (verdict == BROKEN))
+        return int(attacked.sum()), int((attacked & (verdict == SURVIVED)).sum())
 
     def robust(self, defense: str) -> Tensor:
-        """Per-sample worst case: clean-correct and survived every attack (bool per sample)."""
+        """Per-sample worst case: clean-correct and broken by no attack (bool per sample)."""
         alive = self.clean[defense].clone()
         for attack in self.attacks:
-            alive &= self.verdicts[defense, attack] == SURVIVED
+            alive &= _holds(self.verdicts[defense, attack])
         return alive
 
     def cumulative_accuracy(self, defense: str) -> list[float]:
@@ -64,9 +78,33 @@ class VerdictTable:
         alive = self.clean[defense].clone()
         out = []
         for attack in self.attacks:
-            alive &= self.verdicts[defense, attack] == SURVIVED
+            alive &= _holds(self.verdicts[defense, attack])
             out.append(float(alive.float().mean()))
         return out
+
+    def broken_by(self, defense: str) -> list[Optional[str]]:
+        """Per sample: the first attack that broke it under the defense, ``CLEAN_ERROR`` if
+        misclassified clean, None if robust."""
+        out: list[Optional[str]] = [None if ok else CLEAN_ERROR
+                                    for ok in self.clean[defense].tolist()]
+        for attack in self.attacks:
+            for i in (self.verdicts[defense, attack] == BROKEN).nonzero().squeeze(1).tolist():
+                out[i] = out[i] or attack
+        return out
+
+    def add_columns(self, other: "VerdictTable", attacks: list[str]) -> None:
+        """Append ``other``'s columns ``attacks``, whose verdicts cover this table's first
+        samples only (a screening), as columns that are ``UNTESTED`` elsewhere."""
+        for attack in attacks:
+            self.attacks.append(attack)
+            for defense in self.defenses:
+                verdict = torch.full_like(self.clean[defense], UNTESTED, dtype=torch.int8)
+                screened = other.verdicts[defense, attack]
+                verdict[:len(screened)] = screened
+                self.verdicts[defense, attack] = verdict
+                self.findings[defense, attack] = other.findings.get((defense, attack), [])
+                self.nonconverged[defense, attack] = other.nonconverged.get((defense, attack),
+                                                                            0.0)
 
     def worst_case_accuracy(self, defense: str) -> float:
         return float(self.robust(defense).float().mean())
@@ -98,6 +136,11 @@ class VerdictTable:
         rows = {defense: self.worst_case_accuracy(defense) for defense in self.defenses}
         best = max(rows, key=lambda defense: rows[defense])
         return best, rows[best]
+
+
+def _holds(verdict: Tensor) -> Tensor:
+    """The attack did not break the sample (survived, or not tested by a screened column)."""
+    return (verdict == SURVIVED) | (verdict == UNTESTED)
 
 
 def as_verdict(survived: Tensor, attacked: Tensor, clean: Tensor) -> Tensor:

@@ -45,7 +45,7 @@ def robust_accuracy(model: nn.Module, data: Dataset, attack: PGD, batch_size: in
     correct = total = 0
     for x, y in DataLoader(data, batch_size=batch_size):
         x, y = x.to(device or x.device), y.to(device or y.device)
-        x_adv = attack.perturb(model, x, y, FinalState(), generator)
+        x_adv = attack.run(model, FinalState(), x, y, generator=generator).x_adv
         with torch.no_grad():
             correct += int(((model(x).argmax(1) == y) & (model(x_adv).argmax(1) == y)).sum())
         total += len(y)

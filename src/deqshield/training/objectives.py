@@ -135,7 +135,7 @@ def generate_in_eval_mode(model: nn.Module, attack: PGD, x: Tensor, y: Tensor,
     was_training = model.training
     model.eval()
     try:
-        return attack.perturb(model, x, y, path, generator)
+        return attack.run(model, path, x, y, generator=generator).x_adv
     finally:
         model.train(was_training)
 
