@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
 SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -27,5 +27,13 @@ def component(cls: Optional[type[T]] = None, *, kw_only: bool = False) -> Any:
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
-    """A settings object as a plain JSON-able mapping (what a config file would contain)."""
-    return TypeAdapter(type(settings)).dump_python(settings, mode="json")
+    """A settings object as a plain JSON-able mapping (what a config file would contain); a
+    nested object that is not a settings object (e.g. a user's own gradient path) appears as
+    ``{"name": its name}``."""
+    if not is_pydantic_dataclass(type(settings)):
+        return _named(settings)
+    return TypeAdapter(type(settings)).dump_python(settings, mode="json", fallback=_named)
+
+
+def _named(value: Any) -> dict[str, str]:
+    return {"name": str(getattr(value, "name", type(value).__name__))}

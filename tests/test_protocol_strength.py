@@ -1,0 +1,191 @@
+"""The protocol's strength: best-iterate scoring, restarts, the full unroll from z_0, the
+screening, early exit with attribution, and an independent attacker that must not beat it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from deqshield.attacks import PGD, cross_entropy
+from deqshield.models import ConvDEQ, DEQClassifier
+from deqshield.paths import FinalState, UnrolledIntermediate
+from deqshield.protocol import AttackSpec, Protocol, evaluate_matrix, run_protocol
+from deqshield.protocol.screening import screen_attacks
+from deqshield.protocol.specs import Screening
+from deqshield.protocol.standard import full_unroll, redundant_early, standard_protocol
+from deqshield.protocol.verdicts import BROKEN, CLEAN_ERROR
+from deqshield.readouts import Early, Ensemble, Final
+from deqshield.solvers import Anderson, Picard
+
+
+class MeanBand(nn.Module):
+    """Two classes from the mean pixel m: class 1 iff lo < m < hi, else class 0."""
+
+    num_classes = 2
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        m = x.flatten(1).mean(dim=1)
+        inside = ((m > self.lo) & (m < self.hi)).to(x.dtype)
+        return torch.stack([1 - inside, inside], dim=1)
+
+
+class Push:
+    """A gradient path that always points along ``sign`` (+1, -1 or 0) in every pixel."""
+
+    def __init__(self, sign: float):
+        self.sign = sign
+        self.name = f"push{sign:+g}"
+
+    def input_gradient(self, model, x, y, loss):
+        return torch.full_like(x, self.sign)
+
+
+def test_a_sample_misclassified_only_mid_attack_counts_as_broken():
+    model = MeanBand(0.55, 0.65)  # PGD from m = 0.5 passes m = 0.6 (class 1), ends at 0.8
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    attack = PGD(eps=0.3, step_size=0.1, steps=3, random_start=False)
+    unscored = attack.run(model, Push(1.0), x, y)  # no defense to score: every step is taken
+    assert model(unscored.x_adv).argmax(1).item() == 0  # the last iterate is classified right
+    result = attack.run(model, Push(1.0), x, y, defenses=(Final(),))
+    assert result.broken.tolist() == [[True]]
+    torch.testing.assert_close(result.witnesses[0].mean(), torch.tensor(0.6))
+    table = evaluate_matrix(model, TensorDataset(x, y), [Final()],
+                            [AttackSpec(attack=attack, path=Push(1.0), label="push")],
+                            progress=False)
+    assert table.verdicts["final", "push"].tolist() == [BROKEN]
+    assert table.broken_by("final") == ["push"]
+
+
+def test_restarts_break_a_superset_and_stay_in_the_ball():
+    torch.manual_seed(0)
+    model = MeanBand(0.6, 0.7)  # class 1 only in a thin band: random starts matter
+    x = torch.full((32, 1, 2, 2), 0.5)
+    y = torch.zeros(32, dtype=torch.long)
+    path = Push(0.0)  # no gradient: only the random starts can find the band
+    one = PGD(eps=0.2, steps=1).run(model, path, x, y, defenses=(Final(),),
+                                    generator=torch.Generator().manual_seed(3))
+    many = PGD(eps=0.2, steps=1, restarts=6).run(model, path, x, y, defenses=(Final(),),
+                                                 generator=torch.Generator().manual_seed(3))
+    assert (many.broken >= one.broken).all() and many.broken.sum() > one.broken.sum()
+    assert ((many.witnesses - x).abs().amax() <= 0.2 + 1e-6).item()
+
+
+def test_full_unroll_is_autograd_through_n_iterations_from_z0():
+    torch.manual_seed(0)
+    model = ConvDEQ(channels=4, solver=Anderson(max_iter=5, tol=1e-3)).build((1, 8, 8), 10)
+    model = model.double().eval()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3])
+    path = full_unroll(model)
+    assert (path.index, path.steps, path.damping) == (0, 5, 1.0)
+    x_var = x.clone().requires_grad_()
+    u = model.inject(x_var)
+    z = model.deq.cell.initial_state(u)
+    for _ in range(5):
+        z = model.deq.cell(z, u)
+    expected = torch.autograd.grad(cross_entropy(model.head(z), y).sum(), x_var)[0]
+    torch.testing.assert_close(path.input_gradient(model, x, y, cross_entropy), expected)
+
+
+def test_screening_keeps_the_only_path_that_works():
+    model = MeanBand(0.62, 2.0)  # class 1 once m > 0.62: only pushing up breaks
+    x, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    data = TensorDataset(x, y)
+    attack = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
+    specs = [AttackSpec(attack=attack, path=Push(sign), label=f"push {sign:+g}")
+             for sign in (0.0, -1.0, 1.0)]
+    outcome = screen_attacks(Screening(samples=2, keep=1, follow=1), model, data, [Final()],
+                             specs)
+    assert [spec.title for spec in outcome.order] == ["push +1"]
+    assert outcome.strength == {"push +1": 2, "push +0": 0, "push -1": 0}
+    protocol = Protocol(defenses=(Final(),), attacks=tuple(specs), eps=0.2,
+                        screening=Screening(samples=2, keep=1, follow=1))
+    results = run_protocol(protocol, model, data, progress=False)
+    assert results["screening"]["chosen"] == ["push +1"]
+    assert [a["label"] for a in results["attacks"]] == ["push +1", "push +0", "push -1"]
+    assert results["aggregate"]["worst_case"]["robust_accuracy"] == 0.0
+    verdicts = [entry["final"]["verdicts"] for entry in results["per_sample"]["samples"]]
+    assert verdicts == ["011"] * 2 + ["0.."] * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_deq():
+    torch.manual_seed(0)
+    model = ConvDEQ(channels=4, solver=Anderson(max_iter=4, tol=1e-3)).build((1, 8, 8), 10)
+    model.eval()
+    x = torch.rand(12, 1, 8, 8)
+    y = Final().logits(model, x).argmax(1)
+    y[::4] = (y[::4] + 1) % 10  # some clean mistakes
+    return model, TensorDataset(x, y)
+
+
+def test_early_exit_keeps_the_attribution_and_verdicts(tiny_deq):
+    model, data = tiny_deq
+    attack = PGD(eps=0.03, step_size=0.01, steps=3, restarts=2)
+    specs = [AttackSpec(attack=attack, path=FinalState(), label="final"),
+             AttackSpec(attack=attack, path=full_unroll(model), label="full unroll"),
+             AttackSpec(attack=attack, path=UnrolledIntermediate(index=1, steps=2),
+                        label="z_1")]
+    defenses = [Final(), Early(index=2), Ensemble()]
+    full = evaluate_matrix(model, data, defenses, specs, batch_size=5, progress=False)
+    fast = evaluate_matrix(model, data, defenses, specs, batch_size=5, early_exit=True,
+                           progress=False)
+    for defense in full.defenses:
+        assert torch.equal(full.robust(defense), fast.robust(defense))
+        assert full.broken_by(defense) == fast.broken_by(defense)
+        assert CLEAN_ERROR in full.broken_by(defense)
+        for attack in full.attacks:
+            attacked, survived = fast.attacked(defense, attack)
+            assert 0 <= survived <= attacked
+
+
+def independent_bptt_pgd(model: DEQClassifier, x, y, eps, steps, restarts, seed):
+    """An attacker written apart from deqshield's attack code: sign-PGD on the cross-entropy
+    of the logits after N plain iterations from z_0 (autograd), random starts, and the final
+    readout (a fresh solve) scored at every iterate. Returns broken per sample."""
+    generator = torch.Generator().manual_seed(seed)
+    broken = torch.zeros(len(y), dtype=torch.bool)
+    n = model.deq.solver.max_iter
+    for _ in range(restarts):
+        delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        x_adv = (x + delta).clamp(0, 1)
+        for _ in range(steps + 1):
+            with torch.no_grad():
+                broken |= model(x_adv).argmax(1) != y
+            x_var = x_adv.clone().requires_grad_()
+            u = model.inject(x_var)
+            z = model.deq.cell.initial_state(u)
+            for _ in range(n):
+                z = model.deq.cell(z, u)
+            loss = nn.functional.cross_entropy(model.head(z), y)
+            (grad,) = torch.autograd.grad(loss, x_var)
+            x_adv = torch.min(torch.max(x_adv + eps / 4 * grad.sign(), x - eps), x + eps)
+            x_adv = x_adv.clamp(0, 1).detach()
+    return broken
+
+
+def test_an_independent_bptt_attacker_never_beats_the_protocol(tiny_deq):
+    model, data = tiny_deq
+    eps = 0.03
+    protocol = standard_protocol(model, eps=eps, early_index=2, autoattack=False)
+    results = run_protocol(protocol, model, data, progress=False)
+    robust = set(next(row for row in results["defenses"] if row["label"] == "final")
+                 ["robust_samples"])
+    x, y = data.tensors
+    broken = independent_bptt_pgd(model, x, y, eps, steps=10, restarts=2, seed=11)
+    assert not robust & set(broken.nonzero().squeeze(1).tolist())
+    assert 0 < len(robust) < len(y)  # the check is not vacuous at this radius
+
+
+def test_an_early_readout_at_the_last_state_is_not_a_separate_defense():
+    model = ConvDEQ(channels=2, solver=Picard(max_iter=3, tol=0.0)).build((1, 8, 8), 10)
+    assert redundant_early(model, 2) is None
+    assert "identical to the final readout" in redundant_early(model, 3)
+    labels = [r.name for r in standard_protocol(model, eps=0.1, early_index=3).defenses]
+    assert labels == ["final", "ensemble"]
