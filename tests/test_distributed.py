@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -42,3 +43,36 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # 64 examples, 2 processes, batch 16: 2 steps, one checkpoint per step (rank 0 only).
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and '"step": 2' in lines[0]
+
+
+EVAL_CONFIG = {
+    "data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 64},
+    "model": {"name": "conv-deq", "channels": 4, "downsample": 2, "pool": 2,
+              "solver": {"name": "anderson", "max_iter": 4, "tol": 1e-4}},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3,
+              "selection": {"metric": "clean", "limit": 16}},
+}
+
+
+def test_two_gloo_processes_evaluate_like_one(tmp_path):
+    """torchrun shards the test samples; the merged per-sample verdicts equal one process's."""
+    from deqshield.cli import main
+    from deqshield.config import parse_config
+    from deqshield.training.run import train
+
+    run = tmp_path / "run"
+    train(parse_config(EVAL_CONFIG), run, progress=False)
+    options = ["--eps", "0.1", "--limit", "10", "--no-autoattack", "--early-index", "2",
+               "--restarts", "2", "--early-exit", "--quiet"]
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "one"), *options]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "deqshield", "evaluate", str(run),
+               "--out", str(tmp_path / "two"), *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "results.json").read_text())
+                for name in ("one", "two"))
+    assert one["per_sample"] == two["per_sample"]
+    assert one["aggregate"] == two["aggregate"]

@@ -6,13 +6,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch.distributed as dist
+
 from deqshield.evaluation import SOLVERS, evaluate_run
+from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import AutoAttackBudget
 from deqshield.readouts import EntropyReduction
+from deqshield.training.distributed import launched_by_torchrun
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate (each ``torchrun`` process its shard of the samples, merged over gloo)."""
+    distributed = launched_by_torchrun()
+    if distributed:
+        dist.init_process_group("gloo")
+    try:
+        return _evaluate_here(args)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _evaluate_here(args: argparse.Namespace) -> int:
     entropy = (EntropyReduction(interval=args.entropy_interval, steps=args.entropy_steps,
                                 step_size=args.entropy_step, eps=args.eps)
                if args.entropy else None)
@@ -28,6 +44,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                            screening=(Screening(samples=args.screen_samples, keep=args.keep,
                                                 follow=args.follow) if args.screen else None),
                            progress=not args.quiet)
+    if not current_shard().is_main:
+        return 0
     worst = results["aggregate"]["worst_case"]
     min_max = results["aggregate"]["min_max"]
     if min_max:

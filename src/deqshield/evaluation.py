@@ -10,6 +10,9 @@
 3. the defense x attack matrix of :func:`deqshield.protocol.standard.standard_protocol`, its
    min-max and per-sample worst-case aggregates and obfuscation flags;
 4. ``results.json``, ``report.md`` and PNG plots in the output folder.
+
+Under ``torchrun`` every process evaluates its shard of the test samples and holds the merged
+table (:mod:`deqshield.protocol.sharding`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
+from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import (
     AutoAttackBudget,
@@ -74,6 +78,8 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
                                      early_exit=early_exit, seed=seed, budget=budget,
                                      screening=screening)
         results = run_protocol(protocol, model, test, meta=meta, progress=progress)
+        if not current_shard().is_main:
+            return results
         results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
         write_report(out_dir, results)
         return results
@@ -107,6 +113,8 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
     results["notes"] = [note for note in (redundant_early(model, early_index),) if note]
     results["diagnostics"] = diagnostics
+    if not current_shard().is_main:
+        return results
     results["plots"] = _plots(results, diagnostics, out_dir)
     write_report(out_dir, results)
     return results

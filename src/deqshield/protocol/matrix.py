@@ -9,6 +9,8 @@ samples that some defense has not lost yet, so strong attacks first make the wea
 Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
 for every sample, not per batch, so an early-exit run gives the same per-sample verdicts as the
 exhaustive one; AutoAttack draws its own randomness per batch (equal in distribution).
+Under ``torchrun`` each process attacks its shard of the samples
+(:mod:`deqshield.protocol.sharding`) and every column's outcomes are merged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deqshield.models import Classifier, DEQClassifier
+from deqshield.protocol.sharding import Shard, current_shard
 from deqshield.protocol.specs import AttackSpec, defense_label
 from deqshield.protocol.verdicts import SURVIVED, VerdictTable, as_verdict
 from deqshield.readouts.base import Readout
@@ -37,6 +40,16 @@ def predict(model: Classifier, readout: Readout, x: Tensor, batch_size: int) -> 
     """The defense's predicted classes, computed in batches."""
     return torch.cat([readout.logits(model, part).argmax(dim=1)
                       for part in x.split(batch_size)])
+
+
+def sharded_correct(model: Classifier, readout: Readout, x: Tensor, y: Tensor,
+                    batch_size: int, shard: Shard) -> Tensor:
+    """Per sample: the defense classifies x correctly (each process predicts its shard)."""
+    correct = torch.zeros(len(y), dtype=torch.bool)
+    mine = shard.owns(len(y))
+    if mine.any():
+        correct[mine] = predict(model, readout, x[mine], batch_size) == y[mine]
+    return shard.merge(correct)
 
 
 def column_starts(spec: AttackSpec, x_all: Tensor, seed: int) -> Optional[Tensor]:
@@ -65,18 +78,22 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
     if len(set(rows)) < len(rows) or len(set(columns)) < len(columns):
         raise ValueError(f"defense and attack labels must be unique: {rows}, {columns}")
     table = VerdictTable(rows, columns, {}, {})
-    clean = torch.stack([predict(model, readout, x_all, batch_size) == y_all
+    shard = current_shard()
+    clean = torch.stack([sharded_correct(model, readout, x_all, y_all, batch_size, shard)
                          for readout in defenses])
     table.clean.update(zip(rows, clean))
     alive = clean.clone()
-    bar = tqdm(total=len(columns) * len(y_all), disable=not progress, desc="evaluate",
-               unit="sample")
+    bar = tqdm(total=len(columns) * len(y_all), disable=not progress or not shard.is_main,
+               desc="evaluate", unit="sample")
     for column, spec in zip(columns, attacks):
         bar.set_postfix_str(column)
         needed = (alive if early_exit else clean).any(dim=0)
         broken, unconverged, findings = _run_column(model, defenses, spec, x_all, y_all,
-                                                    needed, batch_size, seed, bar.update)
-        bar.update(int((~needed).sum()))
+                                                    needed & shard.owns(len(y_all)),
+                                                    batch_size, seed, bar.update)
+        broken, unconverged = shard.merge(broken), shard.merge(unconverged)
+        findings = shard.merge_lists(findings)
+        bar.update(len(y_all) - int((needed & shard.owns(len(y_all))).sum()))
         for d, row in enumerate(rows):
             attacked = needed & clean[d]
             verdict = as_verdict(~broken[d], attacked, clean[d])
