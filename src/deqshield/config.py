@@ -23,7 +23,8 @@ from deqshield.attacks.pgd import PGD
 from deqshield.certify import CerDEQConfig, CNN7Config
 from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
-from deqshield.training.objectives import Certified, ObjectiveSpec, Standard
+from deqshield.training.objective_spec import ObjectiveSpec
+from deqshield.training.objectives import Certified, Standard
 
 
 class Section(BaseModel):

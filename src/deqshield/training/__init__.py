@@ -4,9 +4,11 @@ checkpoints/resume/selection, and ``train`` (in :mod:`deqshield.training.run`) f
 from deqshield.training.evaluation import accuracy, robust_accuracy
 from deqshield.training.fit import fit
 from deqshield.training.loop import EpochRecord, TrainHistory, Trainer, TrainingDivergedError
-from deqshield.training.objectives import (PGDAT, TRADES, ObjectiveSpec, Standard, StepOutput,
-                                           StepRandomness)
+from deqshield.training.fast_at import FastAT, FreeAT
+from deqshield.training.objective_spec import ObjectiveSpec
+from deqshield.training.objectives import PGDAT, TRADES, Standard, StepOutput, StepRandomness
 
-__all__ = ["PGDAT", "TRADES", "EpochRecord", "ObjectiveSpec", "Standard", "StepOutput",
+__all__ = ["PGDAT", "TRADES", "EpochRecord", "FastAT", "FreeAT", "ObjectiveSpec", "Standard",
+           "StepOutput",
            "StepRandomness", "TrainHistory", "Trainer", "TrainingDivergedError", "accuracy",
            "fit", "robust_accuracy"]

@@ -11,7 +11,8 @@ from torch import nn
 from deqshield.data import ArrayDataset
 from deqshield.training.distributed import Context
 from deqshield.training.loop import TrainHistory, Trainer
-from deqshield.training.objectives import ObjectiveSpec, Standard
+from deqshield.training.objective_spec import ObjectiveSpec
+from deqshield.training.objectives import Standard
 
 
 def fit(model: nn.Module, train_data: ArrayDataset, *, epochs: int, batch_size: int, lr: float,

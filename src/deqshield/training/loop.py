@@ -100,10 +100,12 @@ class Trainer:
                                           weight_decay=settings.weight_decay)
         shard = len(epoch_indices(train_data, context, settings.seed, 0))
         self.batches_per_epoch = math.ceil(shard / settings.batch_size)
+        self.replays: int = getattr(settings.objective, "replays", 1)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, settings.epochs * self.batches_per_epoch)
+            self.optimizer, settings.epochs * self.batches_per_epoch * self.replays)
         self.generators = {"depth": torch.Generator().manual_seed(settings.seed),
                            "attack": torch.Generator().manual_seed(settings.seed + 1)}
+        self.carry: dict[str, torch.Tensor] = {}
         self.position = Position()
         # this epoch: loss * n, correct, n, residual sum, n scored on adversarial inputs
         self.sums = torch.zeros(5, dtype=torch.float64)
@@ -147,17 +149,20 @@ class Trainer:
         sums = self.sums
         robust = False
         for batch in bar:
-            robust = self._step(self.train_data.images[batch].to(self.context.device),
-                                self.train_data.labels[batch].to(self.context.device))
+            x = self.train_data.images[batch].to(self.context.device)
+            y = self.train_data.labels[batch].to(self.context.device)
+            for replay in range(self.replays):
+                robust = self._step(x, y, last=replay == self.replays - 1)
             bar.set_postfix({"loss": f"{sums[0] / sums[2]:.3f}",
                              "rob acc" if robust else "acc": f"{sums[1] / sums[2]:.3f}",
                              "res": f"{sums[3] / sums[2]:.1e}"})
         pos.epoch, pos.batch = pos.epoch + 1, 0
         return self._finish_epoch(sums)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, last: bool = True) -> bool:
         """One optimizer step, its batch statistics (all processes) added to ``self.sums``;
-        returns whether the objective scored adversarial inputs."""
+        returns whether the objective scored adversarial inputs. ``last``: the batch's last
+        replay (free AT replays a batch; the position and checkpoints advance per batch)."""
         settings, pos = self.settings, self.position
         self.model.train()
         jacobian = (pos.step % settings.jacobian_every == 0
@@ -166,7 +171,7 @@ class Trainer:
         pretrain = (Backprop(steps=settings.pretrain_depth)
                     if pos.step < settings.pretrain_steps else None)
         randomness = StepRandomness(self.generators["depth"], self.generators["attack"],
-                                    pos.step)
+                                    pos.step, self.carry)
         loss, output = self.step_module(x, y, randomness, jacobian, pretrain)
         residual = (output.trajectory.rel_residual[-1].nan_to_num(0.0).sum().item()
                     if output.trajectory is not None else 0.0)
@@ -178,16 +183,19 @@ class Trainer:
         self._check_divergence(total, loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if output.after_backward is not None:
+            output.after_backward()
         if settings.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         pos.step += 1
-        pos.batch += 1
+        pos.batch += int(last)
         self.sums += total[:5]
         if self.on_step is not None:
             self.on_step(pos.step)
-        if settings.checkpoint_every and pos.step % settings.checkpoint_every == 0:
+        if (last and settings.checkpoint_every
+                and (pos.step // self.replays) % settings.checkpoint_every == 0):
             self._save({}, is_best=False)
         return output.robust
 

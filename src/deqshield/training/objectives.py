@@ -14,6 +14,8 @@ Each objective is a validated settings object with
 * ``TRADES`` (Zhang et al. 2019):
   CE(h(z(x)), y) + beta * KL(p(x) || p(x')),  x' = argmax_{||x' - x|| <= eps} KL(p(x) || p(x')),
   the inner max by the same PGD steps ascending the KL instead of the CE.
+* ``FastAT`` (FGSM with a random start, N-FGSM) and ``FreeAT`` (free adversarial training):
+  the one-step objectives of :mod:`deqshield.training.fast_at`.
 * ``Certified`` (CerDEQ Sec. 3.6 / Fast-IBP): the certified objective of
   :func:`deqshield.certify.certified_loss` at eps_now = schedule(step), the global optimizer
   step, for a :class:`~deqshield.certify.CertifiableClassifier` (CerDEQ or CNN-7).
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Callable, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -74,6 +76,8 @@ class StepOutput:
     trajectory: Optional[Trajectory]
     inputs: Tensor
     robust: bool = False
+    after_backward: Optional[Callable[[], None]] = None
+    """Called by the loop after ``loss.backward()`` (free AT reads the input gradient there)."""
 
 
 @dataclass
@@ -82,12 +86,15 @@ class StepRandomness:
     step's position.
 
     ``depth``: the random intermediate index i; ``attack``: PGD random starts; ``step``: the
-    number of optimizer steps taken before this one (for schedules such as eps warm-up).
+    number of optimizer steps taken before this one (for schedules such as eps warm-up);
+    ``carry``: tensors an objective keeps from one step to the next (free AT's perturbation),
+    owned by the trainer.
     """
 
     depth: Optional[torch.Generator] = None
     attack: Optional[torch.Generator] = None
     step: int = 0
+    carry: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Trajectory]]:
@@ -216,19 +223,26 @@ class PGDAT:
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
-        clean = Standard(random_intermediate=self.random_intermediate)
         attack = adversary_at(self.attack, self.warmup, randomness.step)
         if attack is None:
-            return clean.loss(model, x, y, randomness)
+            return Standard(random_intermediate=self.random_intermediate).loss(
+                model, x, y, randomness)
         x_adv = generate_in_eval_mode(model, attack, x, y, FinalState(gradient=self.gradient),
                                       randomness.attack)
-        logits, trajectory = training_forward(model, x_adv, self.random_intermediate,
-                                              randomness)
-        loss = nn.functional.cross_entropy(logits, y)
-        if self.clean_weight > 0:
-            w = self.clean_weight
-            loss = w * clean.loss(model, x, y, randomness).loss + (1 - w) * loss
-        return StepOutput(loss, logits, trajectory, x_adv, robust=True)
+        return adversarial_loss(model, x, x_adv, y, self.clean_weight,
+                                self.random_intermediate, randomness)
+
+
+def adversarial_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, clean_weight: float,
+                     random_intermediate: bool, randomness: StepRandomness) -> StepOutput:
+    """w CE(h(z(x)), y) + (1 - w) CE(h(z(x_adv)), y) with w = ``clean_weight`` (the clean
+    term only when w > 0), at random intermediate states if asked."""
+    logits, trajectory = training_forward(model, x_adv, random_intermediate, randomness)
+    loss = nn.functional.cross_entropy(logits, y)
+    if clean_weight > 0:
+        clean = Standard(random_intermediate=random_intermediate)
+        loss = clean_weight * clean.loss(model, x, y, randomness).loss + (1 - clean_weight) * loss
+    return StepOutput(loss, logits, trajectory, x_adv, robust=True)
 
 
 @component
@@ -294,6 +308,3 @@ class Certified:
                                      self.weights)
         return StepOutput(result.loss, result.logits.detach(), None, x)
 
-
-ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES, Certified],
-                          Field(discriminator="name")]

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from deqshield.gradients import Backprop, jacobian_frobenius
 from deqshield.models import DEQClassifier
-from deqshield.training.objectives import ObjectiveSpec, Standard, StepOutput, StepRandomness
+from deqshield.training.objective_spec import ObjectiveSpec
+from deqshield.training.objectives import Standard, StepOutput, StepRandomness
 
 
 class TrainStep(nn.Module):

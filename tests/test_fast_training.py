@@ -1,0 +1,80 @@
+"""Fast and free adversarial training update what they claim, on hand-computed tiny cases."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deqshield.attacks import cross_entropy
+from deqshield.config import parse_config
+from deqshield.training import FastAT, FreeAT, StepRandomness
+from deqshield.training.run import train
+
+
+class Linear(nn.Module):
+    """logits = W x (x flattened): the input gradient of CE is W^T (p - onehot(y))."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T
+
+
+def input_gradient(model, x, y):
+    x = x.clone().requires_grad_()
+    return torch.autograd.grad(cross_entropy(model(x), y).sum(), x)[0]
+
+
+def test_fgsm_with_random_start_is_one_projected_sign_step():
+    model, x, y = Linear(), torch.full((2, 4), 0.5), torch.tensor([0, 2])
+    fgsm = FastAT(eps=0.1, step=1.25, noise=1.0, project=True)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    start = x + 0.1 * noise
+    expected = (start + 0.125 * input_gradient(model, start, y).sign()).clamp(x - 0.1, x + 0.1)
+    got = fgsm.adversary(model, x, y, 0.1, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, expected)
+
+
+def test_n_fgsm_keeps_its_noise_and_step_unprojected():
+    model, x, y = Linear(), torch.full((2, 4), 0.5), torch.tensor([1, 1])
+    nfgsm = FastAT(eps=0.1)  # noise 2 eps, step eps, no projection
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    start = x + 0.2 * noise
+    expected = (start + 0.1 * input_gradient(model, start, y).sign()).clamp(0, 1)
+    got = nfgsm.adversary(model, x, y, 0.1, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, expected)
+    assert (got - x).abs().max() > 0.1  # beyond the eps-ball, as N-FGSM intends
+
+
+def test_free_at_updates_the_perturbation_from_the_training_backward():
+    model, x, y = Linear(), torch.full((2, 4), 0.5), torch.tensor([0, 2])
+    free = FreeAT(eps=0.1, step=1.0, replays=2)
+    randomness = StepRandomness()
+    output = free.loss(model, x, y, randomness)
+    output.loss.backward()
+    parameter_grad = model.weight.grad.clone()
+    output.after_backward()
+    delta = randomness.carry["free-at"]
+    expected = (0.1 * input_gradient(model, x, y).sign()).clamp(-0.1, 0.1)
+    torch.testing.assert_close(delta, expected)
+    # the parameter gradient is the CE gradient at x + delta_0 = x (first replay)
+    model.weight.grad = None
+    nn.functional.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(parameter_grad, model.weight.grad)
+    second = free.loss(model, x, y, randomness)  # the replay starts from the carried delta
+    torch.testing.assert_close(second.inputs, (x + delta).clamp(0, 1))
+
+
+def test_free_at_replays_each_batch_in_a_training_run(tmp_path):
+    config = {"data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 64},
+              "model": {"name": "small-cnn", "channels": [4]},
+              "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3,
+                        "objective": {"name": "free-at", "eps": 0.1, "replays": 3},
+                        "selection": {"metric": "clean", "limit": 16}}}
+    result = train(parse_config(config), tmp_path / "run", progress=False)
+    assert result.history.epochs[-1].step == 2 * 3  # 2 batches, 3 replays each
