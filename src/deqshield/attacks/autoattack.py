@@ -25,6 +25,7 @@ from pyautoattack.square import SquareAttack
 from torch import Tensor
 
 from deqshield.threat import check_perturbation
+from deqshield.validation import check_eps, check_labels, check_range
 from deqshield.attacks.straight_through import StraightThrough
 from deqshield.models import Classifier
 from deqshield.paths.base import GradientPath
@@ -67,6 +68,9 @@ class AutoAttackBridge:
     seed: int = 0
     batch_size: Annotated[int, Field(ge=1)] = 250
 
+    def __post_init__(self) -> None:
+        check_eps(self.eps, BOUNDS, self.norm, "AutoAttackBridge.eps")
+
     @property
     def gradient_free(self) -> bool:
         """True when no member attack uses the gradient path."""
@@ -75,6 +79,8 @@ class AutoAttackBridge:
     def perturb(self, model: Classifier, readout: Readout, path: GradientPath, x: Tensor,
                 y: Tensor) -> BridgeOutcome:
         """Run AutoAttack against ``readout``'s prediction with ``path``'s gradient."""
+        check_range(x, BOUNDS)
+        check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         if self.eps == 0:
             return BridgeOutcome(x.clone(), ())

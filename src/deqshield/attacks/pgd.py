@@ -22,6 +22,7 @@ from deqshield.paths.base import GradientPath
 from deqshield.paths.final_state import FinalState
 from deqshield.settings import component
 from deqshield.threat import check_perturbation, project
+from deqshield.validation import check_bounds, check_eps, check_labels, check_range
 
 
 @component
@@ -30,12 +31,16 @@ class PGD:
 
     name: Literal["pgd"] = "pgd"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
-    step_size: Annotated[float, Field(ge=0)] = 2 / 255
+    step_size: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2 / 255
     steps: Annotated[int, Field(ge=0)] = 10
     norm: Literal["linf", "l2"] = "linf"
     random_start: bool = True
     loss: LossName = "ce"
     bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_bounds(self.bounds, "PGD.bounds")
+        check_eps(self.eps, self.bounds, self.norm, "PGD.eps")
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor,
                 path: Optional[GradientPath] = None,
@@ -47,6 +52,9 @@ class PGD:
         it is drawn here from ``generator``."""
         path = path or FinalState()
         loss = LOSSES[self.loss]
+        check_range(x, self.bounds)
+        if hasattr(model, "num_classes"):
+            check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         x_adv = x.clone()
         if self.random_start and self.eps > 0:
