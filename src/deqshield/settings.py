@@ -3,7 +3,9 @@
 Every configurable component (solver, gradient mode, readout, gradient path, attack, ...) is a
 frozen pydantic dataclass: its constructor validates types and ranges and rejects unknown
 keyword arguments, so the same class is both the Python API and the schema of its section in a
-config file. Components that appear in a config under a ``name`` tag carry a
+config file. Validation is strict: no bool for an int, no string for a number (``PGD(eps="0.1")``
+is an error), an int is accepted for a float; a config file is validated as JSON data, so its
+lists fill tuple fields. Components that appear in a config under a ``name`` tag carry a
 ``name: Literal[...]`` field used as the discriminator.
 """
 
@@ -14,7 +16,7 @@ from typing import Any, Optional, TypeVar
 from pydantic import ConfigDict, TypeAdapter
 from pydantic.dataclasses import dataclass
 
-SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, strict=True)
 
 T = TypeVar("T")
 
