@@ -31,6 +31,9 @@ import torch
 from safetensors import SafetensorError
 from torch.optim.lr_scheduler import LRScheduler
 
+from deqshield.atomic import fsync_directory as _fsync_directory
+from deqshield.atomic import replace_atomically as _replace_atomically
+from deqshield.atomic import write_durably as _write_durably
 from deqshield.errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1
@@ -402,32 +405,3 @@ def _remove_unreferenced(root: Path, index: Mapping[str, Any]) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make entries created or renamed in ``path`` durable (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    staging = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_durably(staging, data)
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)

@@ -35,6 +35,7 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
+from deqshield.protocol.report import write_results
 from deqshield.protocol.standard import (
     AutoAttackBudget,
     explicit_protocol,
@@ -43,6 +44,7 @@ from deqshield.protocol.standard import (
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import load_run
 from deqshield.solvers import Anderson, Broyden, Picard
+from deqshield.validation import check_eps, check_index, check_number
 
 SOLVERS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
@@ -63,19 +65,25 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     network gets its output attacked by PGD-10, APGD and Square instead). The early
     index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
     those columns of the standard attack set (all by default)."""
+    check_eps(eps, name="eps")
+    if limit is not None:
+        check_number("limit", limit, minimum=1, integer=True)
     model.eval()
     test = _first(test, limit)
     if not isinstance(model, DEQClassifier):
         protocol = explicit_protocol(eps=eps, autoattack=autoattack, quick=quick,
                                      early_exit=early_exit, seed=seed, budget=budget)
         results = run_protocol(protocol, model, test, meta=meta, progress=progress)
+        write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
         results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
         write_report(out_dir, results)
         return results
     steps = model.deq.solver.max_iter
     ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
     scores: dict[int, float] = {}
-    if early_index is None:
+    if early_index is not None:
+        check_index("early_index", early_index, steps)
+    else:
         early_index, scores = select_early_index(model, _first(dev, dev_limit),
                                                  range(1, steps + 1),
                                                  attack=ready_made, seed=seed)
@@ -100,6 +108,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
         protocol = dataclasses.replace(protocol, attacks=kept)
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
     results["diagnostics"] = diagnostics
+    write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
     results["plots"] = _plots(results, diagnostics, out_dir)
     write_report(out_dir, results)
     return results
