@@ -18,10 +18,12 @@ import torch
 import yaml
 from torch import nn
 
+from deqshield.atomic import replace_atomically
 from deqshield.checkpoint import best_checkpoint, latest_checkpoint
 from deqshield.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, dev_split, load_dataset
 from deqshield.errors import InputError
+from deqshield.runs import check_resumable
 from deqshield.training.distributed import Context, setup, teardown
 from deqshield.training.loop import TrainHistory, Trainer
 
@@ -65,6 +67,8 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
     if not resume and latest_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir} already holds checkpoints; pass resume (--resume) to "
                          "continue that run, or choose a new directory")
+    if resume:
+        check_resumable(run_dir, config)
     context = setup(device)
     try:
         seed_everything(config.train.seed)
@@ -72,7 +76,7 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
         model = config.model.build(train_part.input_shape, train_part.num_classes)
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(config)))
+            replace_atomically(run_dir / "config.yaml", yaml.safe_dump(dump_config(config)))
         trainer = Trainer(model, train_part, dev_part, config.train, context, run_dir,
                           run_dir / "metrics.jsonl", dump_config(config), progress, on_step)
         if resume:
