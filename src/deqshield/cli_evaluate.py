@@ -6,12 +6,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deqshield.cli_args import EVALUATE, check_options, prepare_output_dir
 from deqshield.evaluation import SOLVERS, evaluate_run
 from deqshield.protocol.standard import AutoAttackBudget
 from deqshield.readouts import EntropyReduction
+from deqshield.runs import run_config
+from deqshield.validation import check_index
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    check_options(args, EVALUATE)
+    config = run_config(Path(args.run_dir))
+    if args.early_index is not None and hasattr(config.model, "solver"):
+        check_index("--early-index", args.early_index, config.model.solver.max_iter)
+    prepare_output_dir(Path(args.out or Path(args.run_dir) / "evaluation"), "--out",
+                       force=args.force)
     entropy = (EntropyReduction(interval=args.entropy_interval, steps=args.entropy_steps,
                                 step_size=args.entropy_step, eps=args.eps)
                if args.entropy else None)
@@ -41,6 +50,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                          "diagnostics, results.json + report.md + plots")
     parser.add_argument("run_dir", metavar="RUN", help="run directory written by `deqshield train`")
     parser.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that already holds files")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="checkpoint to evaluate (default: best)")
     parser.add_argument("--data-dir", help="data directory (overrides the run's data root)")
