@@ -22,6 +22,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deqshield import cli_args
 from deqshield.attacks import PGD
 from deqshield.cli import main
 from deqshield.config import dump_config, load_config, parse_config
@@ -321,3 +322,109 @@ def test_case19_float64_inputs(model):
 def test_case20_ensemble_without_states(model):
     with pytest.raises(InputError, match="averages no state"):
         Ensemble(first=100).logits(model, torch.rand(2, 1, 8, 8))
+
+
+# -- the contract itself: --debug, argparse's own errors, random invalid values ----------------
+
+def test_debug_shows_the_error_instead_of_one_line(run):
+    for argv in (["--debug", "evaluate", run, "--eps", "-1"],
+                 ["evaluate", run, "--eps", "-1", "--debug"]):
+        with pytest.raises(InputError, match="--eps must be"):
+            main([str(arg) for arg in argv])
+
+
+def test_argparse_errors_are_one_line(run):
+    refused("evaluate", run, "--eps", "0.1", "--limit", "abc", unchanged=run,
+            says=("argument --limit: invalid int value: 'abc'",))
+    refused("evaluate", run, unchanged=run, says=("--eps",))
+    refused("bogus-command", unchanged=run, says=("invalid choice",))
+
+
+@contextlib.contextmanager
+def nothing_loaded():
+    """Fail the test if a data set is loaded: arguments must be checked before."""
+    from unittest import mock
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a data set was loaded before the arguments were checked")
+
+    targets = ("deqshield.runs", "deqshield.evaluation", "deqshield.training.run",
+               "deqshield.certification")
+    with contextlib.ExitStack() as stack:
+        for module in targets:
+            stack.enter_context(mock.patch(f"{module}.load_dataset", forbidden))
+        yield
+
+
+def bad(rule: str) -> st.SearchStrategy[str]:
+    """Invalid command-line values for an option following ``rule``."""
+    junk = st.sampled_from(["abc", "", "1.5e", "nan", "inf", "-inf", "0x10", "true"])
+    if rule == "positive":
+        return st.integers(max_value=0).map(str) | st.just("1.5") | junk
+    if rule == "non_negative":
+        return st.integers(max_value=-1).map(str) | st.just("2.5") | junk
+    if rule == "non_negative_number":
+        return st.floats(max_value=-1e-9, allow_infinity=False).map(str) | junk
+    return (st.floats(min_value=1.0).map(str) | st.floats(max_value=-1e-9).map(str)
+            | junk)  # a radius
+
+
+def option_values(rules) -> st.SearchStrategy[tuple[str, str]]:
+    names = {cli_args.positive: "positive", cli_args.non_negative: "non_negative",
+             cli_args.non_negative_number: "non_negative_number", cli_args.radius: "radius"}
+    return st.sampled_from(sorted(rules)).flatmap(
+        lambda dest: st.tuples(st.just("--" + dest.replace("_", "-")),
+                               bad(names[rules[dest]])))
+
+
+def assert_refused_quietly(argv: list[object], run: Path) -> None:
+    with nothing_loaded():
+        refused(*argv, unchanged=run.parent)
+
+
+@settings(max_examples=25, deadline=None)
+@given(option_values(cli_args.EVALUATE))
+def test_property_evaluate_refuses_every_invalid_number(run, option_value):
+    option, value = option_value
+    eps = [] if option == "--eps" else ["--eps", "0.1"]
+    assert_refused_quietly(["evaluate", run, *eps, f"{option}={value}"], run)
+
+
+@settings(max_examples=25, deadline=None)
+@given(option_values(cli_args.CERTIFY))
+def test_property_certify_refuses_every_invalid_number(run, option_value):
+    option, value = option_value
+    assert_refused_quietly(["certify", run, f"{option}={value}"], run)
+
+
+CONFIG_KEYS = {
+    ("train", "epochs"): [0, -1, True, "2", 1.5],
+    ("train", "batch_size"): [0, False, "64", 2.5],
+    ("train", "lr"): [0, -1e-3, "1e-3", True, float("nan"), float("inf")],
+    ("data", "dev_fraction"): [1.0, -0.1, "0.1", True],
+    ("model", "channels"): [True, 0, "4", 4.5],
+}
+SELECTION_EPS = [float("inf"), 2.0, 1.0, -0.1, "0.1", True]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(
+    st.sampled_from(sorted(CONFIG_KEYS)).flatmap(
+        lambda key: st.tuples(st.just(key), st.sampled_from(CONFIG_KEYS[key]))),
+    st.tuples(st.just(("selection", "eps")), st.sampled_from(SELECTION_EPS))),
+    st.sampled_from(["bogus", "gpu:0", "cuda:99", "cpu", None]))
+def test_property_train_refuses_invalid_configs_and_devices(tmp_path_factory, key_value,
+                                                             device):
+    (section, key), value = key_value
+    config = json.loads(json.dumps(CONFIG))
+    if section == "selection":
+        config["train"]["selection"]["attack"] = {"name": "pgd", key: value}
+    else:
+        config[section][key] = value
+    folder = tmp_path_factory.mktemp("train")
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = ["train", path, "--out", folder / "run", "--quiet"]
+    with nothing_loaded():
+        refused(*argv, *(["--device", device] if device else []), unchanged=folder)
+    assert not (folder / "run").exists()

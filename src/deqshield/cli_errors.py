@@ -29,8 +29,13 @@ def fail(message: str) -> int:
 
 
 def one_line(message: str) -> str:
-    """A (possibly multi-line) message joined into one line."""
-    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    """A (possibly multi-line) message joined into one line: a line ending in a colon is
+    followed by a space, other lines by "; "."""
+    text = ""
+    for part in (part.strip() for part in str(message).splitlines()):
+        if part:
+            text += ("" if not text else " " if text.endswith(":") else "; ") + part
+    return text
 
 
 def describe(error: BaseException) -> str:

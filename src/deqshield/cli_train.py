@@ -3,8 +3,9 @@
 A thin wrapper over :func:`deqshield.training.run.train`. Under ``torchrun`` every process
 runs the same command and the processes train one model together (rank 0 writes).
 
-Before anything is loaded or written, the device, the config and (with ``--resume``) its
-agreement with the run are checked, and the run directory must be writable. Ctrl-C stops with
+Before anything is loaded or written, the device and the config are checked and the run
+directory must be writable (:func:`~deqshield.training.run.train` then checks a resumed
+config against the run). Ctrl-C stops with
 one line naming the last checkpoint and the command that resumes from it (exit code 130).
 """
 
@@ -19,7 +20,6 @@ from deqshield.checkpoint import latest_checkpoint
 from deqshield.cli_args import prepare_output_dir
 from deqshield.cli_errors import INTERRUPTED
 from deqshield.config import load_config
-from deqshield.runs import check_resumable
 from deqshield.validation import check_device
 
 
@@ -29,8 +29,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)
     config = load_config(args.config)
-    if args.resume:
-        check_resumable(args.out, config)
     prepare_output_dir(args.out, "--out")
     try:
         result = train(config, args.out, resume=args.resume, data_dir=args.data_dir,

@@ -30,7 +30,7 @@ from deqshield.training.objectives import Certified, ObjectiveSpec, Standard
 class Section(BaseModel):
     """Base of config sections: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):

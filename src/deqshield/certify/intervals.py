@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deqshield.errors import InputError
-from deqshield.validation import check_labels
+from deqshield.validation import check_labels, check_number
 
 MONOTONE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh,
                         nn.Hardtanh, nn.Hardsigmoid, nn.Softplus)
@@ -85,8 +85,7 @@ def input_box(x: Tensor, eps: float, clip: Optional[tuple[float, float]] = (0.0,
     the whole ball."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise InputError("x must be a floating-point tensor")
-    if not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
-        raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_number("eps", eps, minimum=0)
     if not torch.isfinite(x).all():
         raise InputError("x contains NaN or Inf")
     lower, upper = x - eps, x + eps
