@@ -1,9 +1,10 @@
 """What happens when a forward solve does not converge: warn (default), raise or ignore.
 
-A readout that reads the equilibrium (``Final``, ``Ensemble``) checks the trajectory it ran: when some sample's final residual (the solver's
-``stop_mode``) is above ``factor * tol`` it warns with
-:class:`~deqshield.errors.NonConvergenceWarning`, or raises
-:class:`~deqshield.errors.NotConvergedError` under ``action="raise"``. Not checked:
+A readout that reads the equilibrium (``Final``, ``Ensemble``) checks the trajectory it ran:
+when some sample's final residual (the solver's ``stop_mode``) is above ``factor * tol`` it
+warns with :class:`~deqshield.errors.NonConvergenceWarning`, or raises
+:class:`~deqshield.errors.NotConvergedError` under ``action="raise"``. The default factor 10
+leaves room for a solver that stops a little above its tolerance. Not checked:
 
 * solvers with ``tol=0``: they run a fixed number of steps on purpose (a weight-tied network),
   so there is no tolerance to miss;
@@ -14,7 +15,8 @@ A readout that reads the equilibrium (``Final``, ``Ensemble``) checks the trajec
 The white-box protocol records the non-converged fraction of every cell itself (its
 ``nonconverged`` flag) and silences the warning while it runs. The policy is process-wide::
 
-    from deqshield.convergence import ConvergencePolicy, convergence_policy, set_convergence_policy
+    from deqshield.convergence import (ConvergencePolicy, convergence_policy,
+                                       set_convergence_policy)
     set_convergence_policy(ConvergencePolicy(action="raise", factor=100))
     with convergence_policy(ConvergencePolicy(action="ignore")):
         ...
