@@ -31,9 +31,7 @@ import torch
 from safetensors import SafetensorError
 from torch.optim.lr_scheduler import LRScheduler
 
-from deqshield.atomic import fsync_directory as _fsync_directory
-from deqshield.atomic import replace_atomically as _replace_atomically
-from deqshield.atomic import write_durably as _write_durably
+from deqshield import atomic
 from deqshield.errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1
@@ -203,7 +201,7 @@ def save_weights(
     data = safetensors.torch.save(_tensor_copies(model), metadata={_WEIGHTS_METADATA_KEY: encoded})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, data)
+    atomic.replace_atomically(path, data)
     return path
 
 
@@ -377,20 +375,20 @@ def _publish(
     staging.mkdir()
     try:
         for file, data in files.items():
-            _write_durably(staging / file, data)
-        _fsync_directory(staging)
+            atomic.write_durably(staging / file, data)
+        atomic.fsync_directory(staging)
         os.replace(staging, root / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(root)
+    atomic.fsync_directory(root)
     index = {
         "format_version": FORMAT_VERSION,
         "latest": name,
         "best": name if is_best else index["best"],
         "retained": [*index["retained"], name][-keep_last:],
     }
-    _replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
+    atomic.replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
     _remove_unreferenced(root, index)
     return root / name
 
