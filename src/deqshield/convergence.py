@@ -13,7 +13,7 @@ leaves room for a solver that stops a little above its tolerance. Not checked:
   entropy-reduction defense, whose regulated trajectory changes the input between segments.
 
 The white-box protocol records the non-converged fraction of every cell itself (its
-``nonconverged`` flag) and silences the warning while it runs. The policy is process-wide::
+``nonconverged`` flag) and silences the warning while it runs (:func:`records_convergence`). The policy is process-wide::
 
     from deqshield.convergence import (ConvergencePolicy, convergence_policy,
                                        set_convergence_policy)
@@ -24,10 +24,11 @@ The white-box protocol records the non-converged fraction of every cell itself (
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -66,6 +67,19 @@ def convergence_policy(policy: ConvergencePolicy) -> Iterator[None]:
         yield
     finally:
         _policy.pop()
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def records_convergence(function: F) -> F:
+    """Decorator of a function that records non-convergence itself (the protocol's evaluation
+    matrix): it runs under ``action="ignore"``."""
+    @functools.wraps(function)
+    def quiet(*args: object, **kwargs: object) -> object:
+        with convergence_policy(ConvergencePolicy(action="ignore")):
+            return function(*args, **kwargs)
+    return quiet  # type: ignore[return-value]
 
 
 def check_convergence(trajectory: Trajectory, what: str) -> None:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from deqshield.attacks.autoattack import AutoAttackBridge
 from deqshield.attacks.pgd import PGD
+from deqshield.convergence import records_convergence
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.protocol.specs import AttackSpec, defense_label
 from deqshield.protocol.verdicts import SURVIVED, VerdictTable, as_verdict
@@ -66,6 +67,7 @@ def nonconverged_count(model: Classifier, x: Tensor) -> int:
     return int((~model.trajectory(x, record_states=False).converged).sum())
 
 
+@records_convergence  # the nonconverged fraction of every cell is recorded and flagged
 def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout],
                     attacks: Sequence[AttackSpec], *, batch_size: int = 128,
                     early_exit: bool = False, seed: int = 0,

@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 from torch.utils.data import Dataset, Subset
 
-from deqshield.convergence import ConvergencePolicy, convergence_policy
 from deqshield.models import Classifier
 from deqshield.protocol.flags import obfuscation_flags
 from deqshield.protocol.matrix import evaluate_matrix
@@ -22,10 +21,9 @@ def run_protocol(protocol: Protocol, model: Classifier, data: Dataset, *,
     if protocol.quick:
         data = Subset(data, range(min(len(data), protocol.quick_samples)))  # type: ignore[arg-type]
     specs = protocol.attack_specs()
-    with convergence_policy(ConvergencePolicy(action="ignore")):  # flagged per cell instead
-        table = evaluate_matrix(model, data, list(protocol.defenses), specs,
-                                batch_size=protocol.batch_size, early_exit=protocol.early_exit,
-                                seed=protocol.seed, progress=progress)
+    table = evaluate_matrix(model, data, list(protocol.defenses), specs,
+                            batch_size=protocol.batch_size, early_exit=protocol.early_exit,
+                            seed=protocol.seed, progress=progress)
     flags = obfuscation_flags(table, specs, margin=protocol.obfuscation_margin,
                               threshold=protocol.nonconverged_threshold)
     results = results_dict(table, specs, flags, protocol, meta)
