@@ -27,8 +27,8 @@ from deqshield.attacks import PGD
 from deqshield.cli import main
 from deqshield.config import dump_config, load_config, parse_config
 from deqshield.convergence import ConvergencePolicy, convergence_policy
-from deqshield.errors import (ConfigError, InputError, NonConvergenceWarning,
-                              NotConvergedError)
+from deqshield.errors import (CheckpointError, ConfigError, InputError,
+                              NonConvergenceWarning, NotConvergedError)
 from deqshield.models import ConvDEQ
 from deqshield.protocol import run_protocol
 from deqshield.protocol.specs import AttackSpec, Protocol
@@ -104,6 +104,16 @@ def test_case01_resume_with_another_model_is_refused_before_writing(run, tmp_pat
     refused("train", other, "--out", run, "--resume", "--quiet", unchanged=run,
             says=("model differs", "channels: run 4, config 8"))
     assert load_config(run / "config.yaml").model.channels == 4
+
+
+def test_case01_a_checkpoint_that_does_not_fit_fails_before_config_is_rewritten(run,
+                                                                               monkeypatch):
+    monkeypatch.setattr("deqshield.training.run.check_resumable", lambda *args: None)
+    other = parse_config({**CONFIG, "model": {**CONFIG["model"], "channels": 8}})
+    before = digest(run)
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        train(other, run, resume=True, progress=False)
+    assert digest(run) == before
 
 
 def test_case18_a_run_without_checkpoint_says_so(run, tmp_path):
