@@ -10,6 +10,7 @@ import torch
 
 from deqshield.attacks.pgd import PGD
 from deqshield.certify import CNN7Config, CerDEQ, CerDEQConfig, certify, cnn7_matching_budget
+from deqshield.certify.training import EpsilonSchedule
 from deqshield.checkpoint import load_checkpoint
 from deqshield.cli import main
 from deqshield.certification import certify_run
@@ -90,7 +91,7 @@ def test_certify_command(trained_run, tmp_path):
 
 
 def test_certified_objective_follows_the_eps_schedule():
-    objective = Certified(schedule={"target": 0.1, "start": 2, "length": 4})
+    objective = Certified(schedule=EpsilonSchedule(target=0.1, start=2, length=4))
     torch.manual_seed(0)
     model = CerDEQ(CerDEQConfig(input_shape=(1, 8, 8), conv_channels=(2,), linear_width=8))
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqshield import checkpoint
+from deqshield import atomic, checkpoint
 from deqshield.checkpoint import (
     best_checkpoint,
     capture_rng_state,
@@ -178,7 +178,7 @@ def test_failed_save_keeps_previous_checkpoint(
     trainer = Trainer(seed=0)
     previous = trainer.save(tmp_path, step=1)
     written = []
-    write_durably = checkpoint._write_durably
+    write_durably = atomic.write_durably
 
     def write_then_fail(path: Path, data: bytes) -> None:
         if failing_file in path.name:
@@ -186,7 +186,7 @@ def test_failed_save_keeps_previous_checkpoint(
         write_durably(path, data)
         written.append(path.name)
 
-    monkeypatch.setattr(checkpoint, "_write_durably", write_then_fail)
+    monkeypatch.setattr(atomic, "write_durably", write_then_fail)
     trainer.train(1)
     with pytest.raises(OSError, match="disk full"):
         trainer.save(tmp_path, step=2)

@@ -154,7 +154,7 @@ def test_ensembles_are_the_mean_of_the_per_state_gradients():
          [UnrolledIntermediate(index=i, steps=2, damping=0.5) for i in n]),
         (UnrolledEnsemble(indices=(0, 3, 3)),
          [UnrolledIntermediate(index=i) for i in (0, 3, 3)]),
-        (EnsemblePath(paths=[FinalState(), SimultaneousAdjoint(index=2)]),
+        (EnsemblePath(paths=(FinalState(), SimultaneousAdjoint(index=2))),
          [FinalState(), SimultaneousAdjoint(index=2)]),
     ]
     for ensemble, members in cases:
@@ -184,7 +184,7 @@ def test_states_after_an_early_stop_are_the_frozen_last_state():
 PATHS = [SimultaneousAdjoint(index=2), SimultaneousAdjoint(ensemble=True), AdjointBroyden(),
          AdjointBroyden(index=1, ensemble=False), UnrolledIntermediate(index=1),
          UnrolledEnsemble(steps=2, damping=0.5),
-         EnsemblePath(paths=[UnrolledIntermediate(index=1), AdjointBroyden(ensemble=True)])]
+         EnsemblePath(paths=(UnrolledIntermediate(index=1), AdjointBroyden(ensemble=True)))]
 
 
 @pytest.fixture

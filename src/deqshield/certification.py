@@ -34,13 +34,15 @@ from torch import Tensor
 from deqshield.attacks.pgd import PGD
 from deqshield.certify import (CNN7, CerDEQ, CertifiableClassifier, Interval, certify,
                                input_box, propagate, unrolled_interval)
+from deqshield.atomic import replace_atomically
 from deqshield.checkpoint import best_checkpoint, load_checkpoint
-from deqshield.config import load_config
+from deqshield.runs import run_config
 from deqshield.data import ArrayDataset, load_dataset
 from deqshield.errors import InputError
 from deqshield.paths import FinalState
 from deqshield.readouts import Final
 from deqshield.training.objectives import Certified
+from deqshield.validation import INPUT_RANGE, check_eps, check_number
 
 
 def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = None,
@@ -54,13 +56,16 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
     ``eps`` defaults to the certified objective's target."""
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
-    config = load_config(run_dir / "config.yaml")
+    config = run_config(run_dir)
     objective = config.train.objective
     clip = objective.weights.clip if isinstance(objective, Certified) else (0.0, 1.0)
     if eps is None:
         if not isinstance(objective, Certified):
             raise InputError("the run was not trained with the certified objective: pass eps")
         eps = objective.eps
+    check_eps(eps, clip or INPUT_RANGE, name="eps")
+    if limit is not None:
+        check_number("limit", limit, minimum=1, integer=True)
     data = load_dataset(config.data.name, "test", data_dir or config.data.root)
     if limit is not None:
         data = data.subset(range(min(limit, len(data))), f"{data.name}[:{limit}]")
@@ -93,8 +98,8 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
         "per_sample": samples,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "certify.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "certify.md").write_text(markdown_report(results))
+    replace_atomically(out_dir / "certify.json", json.dumps(results, indent=2) + "\n")
+    replace_atomically(out_dir / "certify.md", markdown_report(results))
     plot_bound_growth(results["bound_growth"], out_dir / "bound_growth.png",
                       f"{config.model.name}, eps = {eps:g}")
     return results

@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from torch.optim.lr_scheduler import LRScheduler
 
+from deqshield import atomic
 from deqshield.errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1
@@ -200,7 +201,7 @@ def save_weights(
     data = safetensors.torch.save(_tensor_copies(model), metadata={_WEIGHTS_METADATA_KEY: encoded})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, data)
+    atomic.replace_atomically(path, data)
     return path
 
 
@@ -374,20 +375,20 @@ def _publish(
     staging.mkdir()
     try:
         for file, data in files.items():
-            _write_durably(staging / file, data)
-        _fsync_directory(staging)
+            atomic.write_durably(staging / file, data)
+        atomic.fsync_directory(staging)
         os.replace(staging, root / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(root)
+    atomic.fsync_directory(root)
     index = {
         "format_version": FORMAT_VERSION,
         "latest": name,
         "best": name if is_best else index["best"],
         "retained": [*index["retained"], name][-keep_last:],
     }
-    _replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
+    atomic.replace_atomically(root / "index.json", json.dumps(index, indent=1).encode())
     _remove_unreferenced(root, index)
     return root / name
 
@@ -402,32 +403,3 @@ def _remove_unreferenced(root: Path, index: Mapping[str, Any]) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make entries created or renamed in ``path`` durable (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    staging = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_durably(staging, data)
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)

@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 from deqshield import __version__
 from deqshield.cli_certify import add_certify_command
+from deqshield.cli_errors import OneLineParser, add_debug_flag, run_command
 from deqshield.cli_evaluate import add_evaluate_command
 from deqshield.cli_train import add_train_command
-from deqshield.errors import DEQShieldError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -22,11 +22,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="deqshield",
         description="Adversarial robustness of deep equilibrium models: train, attack, "
                     "defend and certify DEQs.")
     parser.add_argument("--version", action="version", version=f"deqshield {__version__}")
+    add_debug_flag(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="run the offline demo on the scikit-learn digits")
     demo.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
@@ -36,16 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_certify_command(commands)
+    for command in commands.choices.values():
+        add_debug_flag(command)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line ``argv``; returns the exit code (see :mod:`deqshield.cli_errors`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except DEQShieldError as error:
-        print(f"deqshield: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(args.run, args)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from deqshield.certification import certify_run
+from deqshield.cli_args import CERTIFY, check_options, prepare_output_dir
+from deqshield.runs import run_config
 
 
 def _certify(args: argparse.Namespace) -> int:
+    check_options(args, CERTIFY)
+    run_config(args.run_dir)
+    prepare_output_dir(args.out or args.run_dir, "--out")
     results = certify_run(args.run_dir, out=args.out, limit=args.limit, eps=args.eps,
                           pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                           batch_size=args.batch_size,

@@ -4,21 +4,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch.distributed as dist
 
+from deqshield.cli_args import EVALUATE, check_options, prepare_output_dir
 from deqshield.evaluation import SOLVERS, evaluate_run
 from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import AutoAttackBudget
 from deqshield.readouts import EntropyReduction
+from deqshield.runs import run_config
 from deqshield.training.distributed import launched_by_torchrun
+from deqshield.validation import check_index
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    """Evaluate (each ``torchrun`` process its shard of the samples, merged over gloo)."""
+    """Check every argument, then evaluate (under ``torchrun`` each process its shard of the
+    samples, merged over gloo; rank 0 prepares the output folder and writes)."""
+    check_options(args, EVALUATE)
+    config = run_config(Path(args.run_dir))
+    if args.early_index is not None and hasattr(config.model, "solver"):
+        check_index("--early-index", args.early_index, config.model.solver.max_iter)
     distributed = launched_by_torchrun()
+    if not distributed or os.environ["RANK"] == "0":
+        prepare_output_dir(Path(args.out or Path(args.run_dir) / "evaluation"), "--out",
+                           force=args.force)
     if distributed:
         dist.init_process_group("gloo")
     try:
@@ -63,6 +75,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                          "diagnostics, results.json + report.md + plots")
     parser.add_argument("run_dir", metavar="RUN", help="run directory written by `deqshield train`")
     parser.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an output folder that already holds files")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="checkpoint to evaluate (default: best)")
     parser.add_argument("--data-dir", help="data directory (overrides the run's data root)")

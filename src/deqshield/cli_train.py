@@ -2,21 +2,46 @@
 
 A thin wrapper over :func:`deqshield.training.run.train`. Under ``torchrun`` every process
 runs the same command and the processes train one model together (rank 0 writes).
+
+Before anything is loaded or written, the device and the config are checked and the run
+directory must be writable (:func:`~deqshield.training.run.train` then checks a resumed
+config against the run). Ctrl-C stops with
+one line naming the last checkpoint and the command that resumes from it (exit code 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+from deqshield.checkpoint import latest_checkpoint
+from deqshield.cli_args import prepare_output_dir
+from deqshield.cli_errors import INTERRUPTED
+from deqshield.config import load_config
+from deqshield.validation import check_device
 
 
 def _train(args: argparse.Namespace) -> int:
     from deqshield.training.run import train
 
-    result = train(args.config, args.out, resume=args.resume, data_dir=args.data_dir,
-                   download=args.download, device=args.device, progress=not args.quiet,
-                   digest_dir=args.weights_digest_dir)
+    if args.device is not None:
+        check_device(args.device)
+    config = load_config(args.config)
+    prepare_output_dir(args.out, "--out")
+    try:
+        result = train(config, args.out, resume=args.resume, data_dir=args.data_dir,
+                       download=args.download, device=args.device, progress=not args.quiet,
+                       digest_dir=args.weights_digest_dir)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        last = latest_checkpoint(args.out)
+        saved = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+        print(f"deqshield: interrupted; {saved}; continue with: deqshield train {args.config} "
+              f"--out {args.out} --resume", file=sys.stderr)
+        return INTERRUPTED
     if not args.quiet and result.best_checkpoint is not None:
         print(f"best checkpoint: {result.best_checkpoint}")
     return 0

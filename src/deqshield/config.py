@@ -13,6 +13,7 @@ fields are the model's constructor arguments, so the file and the Python API are
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -30,7 +31,7 @@ from deqshield.training.objectives import Certified, Standard
 class Section(BaseModel):
     """Base of config sections: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -113,12 +114,19 @@ class ExperimentConfig(Section):
 
 
 def parse_config(raw: Union[dict[str, Any], None], source: str = "config") -> ExperimentConfig:
-    """Validate a config mapping; raise :class:`ConfigError` naming ``source`` and each error."""
+    """Validate a config mapping; raise :class:`ConfigError` naming ``source`` and each error.
+
+    The mapping is validated as JSON data in strict mode: lists fill tuple fields, but a bool
+    is no int and a string no number (``channels: true``, ``lr: "1e-3"`` are errors)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with sections data/model/train, "
                           f"got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source} holds a value that is not plain data: {error}") from None
+    try:
+        return ExperimentConfig.model_validate_json(text)
     except ValidationError as error:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
@@ -130,10 +138,36 @@ def load_config(path: Union[str, Path]) -> ExperimentConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} cannot be read: {error}") from None
     return parse_config(raw, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML would
+    keep the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line}); "
+                                    "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice."""
 
 
 def dump_config(config: ExperimentConfig) -> dict[str, Any]:

@@ -30,3 +30,13 @@ class CheckpointError(DEQShieldError, OSError):
 
 class NotConvergedError(DEQShieldError, RuntimeError):
     """A fixed-point computation that must converge (e.g. a certificate) did not."""
+
+
+class OutputError(DEQShieldError, OSError):
+    """An output file or folder cannot be written (read-only, full disk, a file in the way) or
+    would overwrite earlier results without being asked to."""
+
+
+class NonConvergenceWarning(UserWarning):
+    """A forward solve ended with a residual above its tolerance by more than the allowed
+    factor (see :mod:`deqshield.convergence`); the prediction depends on the iteration budget."""

@@ -38,6 +38,7 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.plots import plot_matrix, plot_per_state
 from deqshield.protocol import run_protocol, select_early_index, write_report
+from deqshield.protocol.report import write_results
 from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import (
@@ -49,6 +50,7 @@ from deqshield.protocol.standard import (
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import load_run
 from deqshield.solvers import Anderson, Broyden, Picard
+from deqshield.validation import check_eps, check_index, check_number
 
 SOLVERS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
@@ -71,6 +73,9 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
     those columns of the standard attack set (all by default); ``screening`` ranks the attacks
     on a few samples first (:mod:`deqshield.protocol.screening`)."""
+    check_eps(eps, name="eps")
+    if limit is not None:
+        check_number("limit", limit, minimum=1, integer=True)
     model.eval()
     test = _first(test, limit)
     if not isinstance(model, DEQClassifier):
@@ -80,13 +85,16 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
         results = run_protocol(protocol, model, test, meta=meta, progress=progress)
         if not current_shard().is_main:
             return results
+        write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
         results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
         write_report(out_dir, results)
         return results
     steps = model.deq.solver.max_iter
     ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
     scores: dict[int, float] = {}
-    if early_index is None:
+    if early_index is not None:
+        check_index("early_index", early_index, steps)
+    else:
         early_index, scores = select_early_index(model, _first(dev, dev_limit),
                                                  range(1, steps + 1),
                                                  attack=ready_made, seed=seed)
@@ -115,6 +123,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     results["diagnostics"] = diagnostics
     if not current_shard().is_main:
         return results
+    write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
     results["plots"] = _plots(results, diagnostics, out_dir)
     write_report(out_dir, results)
     return results

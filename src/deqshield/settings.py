@@ -3,7 +3,10 @@
 Every configurable component (solver, gradient mode, readout, gradient path, attack, ...) is a
 frozen pydantic dataclass: its constructor validates types and ranges and rejects unknown
 keyword arguments, so the same class is both the Python API and the schema of its section in a
-config file. Components that appear in a config under a ``name`` tag carry a
+config file. Validation is strict: no bool for an int, no string for a number (``PGD(eps="0.1")``
+is an error), no NaN or infinite float; an int is accepted for a float. Tuple fields take
+tuples and nested settings take settings objects (a config file, validated as JSON data, gives
+lists and mappings). Components that appear in a config under a ``name`` tag carry a
 ``name: Literal[...]`` field used as the discriminator.
 """
 
@@ -14,7 +17,8 @@ from typing import Any, Optional, TypeVar
 from pydantic import ConfigDict, TypeAdapter
 from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
-SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+SETTINGS = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, strict=True,
+                      allow_inf_nan=False)
 
 T = TypeVar("T")
 

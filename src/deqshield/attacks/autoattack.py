@@ -25,6 +25,7 @@ from pyautoattack.square import SquareAttack
 from torch import Tensor
 
 from deqshield.attacks.base import AttackResult, Scoreboard
+from deqshield.validation import check_eps, check_labels, check_range
 from deqshield.attacks.straight_through import StraightThrough
 from deqshield.models import Classifier
 from deqshield.paths.base import GradientPath
@@ -62,6 +63,9 @@ class AutoAttackBridge:
     seed: int = 0
     batch_size: Annotated[int, Field(ge=1)] = 250
 
+    def __post_init__(self) -> None:
+        check_eps(self.eps, BOUNDS, self.norm, "AutoAttackBridge.eps")
+
     @property
     def label(self) -> str:
         return ", ".join(_LABELS[member] for member in self.attacks)
@@ -94,6 +98,8 @@ class AutoAttackBridge:
         """AutoAttack against each defense's prediction (``Final`` without defenses) with
         ``path``'s gradient; ``x_adv`` is the run against the first. AutoAttack keeps the best
         example over its iterates and restarts itself; each defense then scores its own."""
+        check_range(x, BOUNDS)
+        check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         targets = tuple(defenses) or (Final(),)
         board = Scoreboard(model, defenses, x, y)

@@ -31,6 +31,7 @@ from deqshield.paths.base import GradientPath
 from deqshield.readouts.base import Readout
 from deqshield.settings import component
 from deqshield.threat import project
+from deqshield.validation import check_bounds, check_eps, check_labels, check_range
 
 
 @component
@@ -40,13 +41,17 @@ class PGD:
 
     name: Literal["pgd"] = "pgd"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
-    step_size: Annotated[float, Field(ge=0)] = 2 / 255
+    step_size: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2 / 255
     steps: Annotated[int, Field(ge=0)] = 10
     norm: Literal["linf", "l2"] = "linf"
     random_start: bool = True
     restarts: Annotated[int, Field(ge=1)] = 1
     loss: LossName = "ce"
     bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_bounds(self.bounds, "PGD.bounds")
+        check_eps(self.eps, self.bounds, self.norm, "PGD.eps")
 
     @property
     def label(self) -> str:
@@ -80,6 +85,9 @@ class PGD:
         """Attack (x, y) along ``path``, scoring every iterate with ``defenses``. ``start``:
         this batch's rows of :meth:`starts` (drawn here from ``generator`` if None). Without
         defenses, restarts cannot be compared and ``x_adv`` is the last restart's."""
+        check_range(x, self.bounds)
+        if hasattr(model, "num_classes"):
+            check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         starts = start if start is not None else self.starts(x, generator)
         board = Scoreboard(model, defenses, x, y)

@@ -46,6 +46,7 @@ from deqshield.errors import InputError, NotConvergedError
 from deqshield.gradients import Phantom, unroll
 from deqshield.settings import component
 from deqshield.solvers import Anderson, SolverSpec
+from deqshield.validation import check_number
 
 Activation = Callable[[Tensor], Tensor]
 
@@ -183,8 +184,7 @@ def equilibrium_interval(fusion: FusionOperator, injection: Interval,
             not finite.
     """
     _check_injection(fusion, injection)
-    if not delta >= 0 or delta == float("inf"):
-        raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
+    check_number("delta", delta, minimum=0)
     lipschitz = fusion.contraction()
     if not lipschitz < 1:
         raise NotConvergedError(

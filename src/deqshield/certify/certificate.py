@@ -26,9 +26,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from deqshield.certify.intervals import check_labels, input_box
+from deqshield.certify.intervals import input_box
 from deqshield.certify.models import CertifiableClassifier
 from deqshield.errors import InputError
+from deqshield.validation import check_labels
 
 
 def certified_margins(model: CertifiableClassifier, x: Tensor, y: Tensor, eps: float,

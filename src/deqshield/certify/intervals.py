@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deqshield.errors import InputError
+from deqshield.validation import check_labels, check_number
 
 MONOTONE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh,
                         nn.Hardtanh, nn.Hardsigmoid, nn.Softplus)
@@ -84,8 +85,7 @@ def input_box(x: Tensor, eps: float, clip: Optional[tuple[float, float]] = (0.0,
     the whole ball."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise InputError("x must be a floating-point tensor")
-    if not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
-        raise InputError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_number("eps", eps, minimum=0)
     if not torch.isfinite(x).all():
         raise InputError("x contains NaN or Inf")
     lower, upper = x - eps, x + eps
@@ -158,16 +158,6 @@ def margin_interval(box: Interval, weight: Tensor, bias: Optional[Tensor], y: Te
         centre = centre + bias[y].unsqueeze(1) - bias.unsqueeze(0)
     radius = torch.einsum("bkd,bd->bk", diff_weight.abs(), box.radius)
     return from_center_radius(centre, radius)
-
-
-def check_labels(y: Tensor, batch: int, num_classes: int) -> None:
-    """Raise :class:`InputError` unless ``y`` is a (batch,) integer tensor of valid labels."""
-    if not isinstance(y, Tensor) or y.dtype not in (torch.int64, torch.int32):
-        raise InputError("labels must be an integer tensor")
-    if y.shape != (batch,):
-        raise InputError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
-    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
-        raise InputError(f"labels must lie in [0, {num_classes})")
 
 
 def propagate(module: nn.Module, box: Interval, trace: Optional[list[Interval]] = None

@@ -32,6 +32,7 @@ from deqshield.certify.intervals import Interval, margin_interval
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.errors import ConfigError, InputError
 from deqshield.settings import component
+from deqshield.validation import check_input
 
 if TYPE_CHECKING:
     from deqshield.certify.baseline import CNN7Config
@@ -85,10 +86,10 @@ class CertifiableClassifier(nn.Module):
         return torch.where(evaluation.valid, labels, torch.full_like(labels, -1))
 
     def check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != tuple(self.input_shape):
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(f"expected input (B, {', '.join(map(str, self.input_shape))}), "
-                             f"got {got}")
+        """Raise :class:`InputError` unless x is a finite batch of ``input_shape`` with the
+        dtype of the model's weights."""
+        weight = next(self.parameters(), None)
+        check_input(x, self.input_shape, None if weight is None else weight.dtype)
 
 
 @component

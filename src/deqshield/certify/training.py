@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from deqshield.certify.intervals import Interval, check_labels, input_box
+from deqshield.certify.intervals import Interval, input_box
 from deqshield.certify.models import CertifiableClassifier
 from deqshield.errors import InputError
 from deqshield.settings import component
+from deqshield.validation import check_labels
 
 
 @component

@@ -13,27 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from deqshield.deq import DEQCell, DEQLayer
-from deqshield.errors import InputError
 from deqshield.gradients import CellFn, GradientMode
 from deqshield.solvers import FixedPointSolver, Trajectory
 from deqshield.solvers.base import StateCallback
-
-
-def check_input(x: Tensor, input_shape: Sequence[int]) -> None:
-    """Raise :class:`InputError` unless x is a non-empty finite float batch of ``input_shape``."""
-    if not isinstance(x, Tensor):
-        raise InputError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    expected = tuple(input_shape)
-    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-        raise InputError(f"input must have shape (batch, {', '.join(map(str, expected))}), "
-                         f"got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise InputError("input is an empty batch")
-    if not x.is_floating_point():
-        raise InputError(f"input must have a floating-point dtype, got {x.dtype} "
-                         "(convert images with x.float() / 255)")
-    if not torch.isfinite(x).all():
-        raise InputError("input contains NaN or Inf")
+from deqshield.validation import check_input
 
 
 class Classifier(nn.Module):
@@ -45,7 +28,10 @@ class Classifier(nn.Module):
         self.num_classes = int(num_classes)
 
     def check_input(self, x: Tensor) -> None:
-        check_input(x, self.input_shape)
+        """Raise :class:`~deqshield.errors.InputError` unless x is a non-empty finite batch of
+        ``input_shape`` with the dtype of the model's weights."""
+        weight = next(self.parameters(), None)
+        check_input(x, self.input_shape, None if weight is None else weight.dtype)
 
 
 class DEQClassifier(Classifier):

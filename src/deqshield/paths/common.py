@@ -27,6 +27,7 @@ from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.paths.base import LossFn
 from deqshield.solvers import Broyden
+from deqshield.validation import check_index
 
 P = TypeVar("P")
 
@@ -46,10 +47,8 @@ def resolve_indices(indices: Optional[Sequence[int]], max_iter: int,
     chosen = tuple(range(1, max_iter + 1)) if indices is None else tuple(indices)
     if not chosen:
         raise InputError(f"the {path} path selects no state")
-    bad = [i for i in chosen if not 0 <= i <= max_iter]
-    if bad:
-        raise InputError(f"the {path} path asks for state(s) {bad}, but the solver's "
-                         f"max_iter={max_iter} gives states z_0..z_{max_iter}")
+    for i in chosen:
+        check_index(f"the {path} path's state index", i, max_iter, first=0)
     return chosen
 
 
@@ -66,7 +65,7 @@ def require_broyden(model: DEQClassifier, path: str) -> Broyden:
 def check_index_or_ensemble(index: Optional[int], ensemble: bool) -> None:
     """A Broyden-based path reads one state (``index``) or all of them (``ensemble``)."""
     if ensemble and index is not None:
-        raise ValueError("ensemble=True averages every state; leave index unset")
+        raise InputError("ensemble=True averages every state; leave index unset")
 
 
 def broyden_states(model: DEQClassifier, index: Optional[int], ensemble: bool,

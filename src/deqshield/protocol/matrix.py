@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from deqshield.convergence import records_convergence
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.protocol.sharding import Shard, current_shard
 from deqshield.protocol.specs import AttackSpec, defense_label
@@ -65,6 +66,7 @@ def nonconverged(model: Classifier, x: Tensor) -> Tensor:
     return ~model.trajectory(x, record_states=False).converged
 
 
+@records_convergence  # the nonconverged fraction of every cell is recorded and flagged
 def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout],
                     attacks: Sequence[AttackSpec], *, batch_size: int = 128,
                     early_exit: bool = False, seed: int = 0,

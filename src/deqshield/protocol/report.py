@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from deqshield.atomic import replace_atomically
 from deqshield.protocol.flags import Flag
 from deqshield.protocol.specs import AttackSpec, Protocol
 from deqshield.protocol.verdicts import BROKEN, SKIPPED, SURVIVED, UNTESTED, VerdictTable
@@ -24,7 +26,9 @@ def results_dict(table: VerdictTable, specs: Sequence[AttackSpec], flags: Sequen
     return {
         "schema_version": SCHEMA_VERSION,
         "meta": dict(meta or {}),
-        "protocol": settings_dict(protocol) if protocol is not None else None,
+        # the attacks as they ran (at the protocol's eps), not as they were specified
+        "protocol": (settings_dict(dataclasses.replace(protocol, attacks=tuple(specs)))
+                     if protocol is not None else None),
         "samples": table.samples,
         "attacks": [{"label": spec.title, "attack": settings_dict(spec.attack),
                      "path": settings_dict(spec.path)} for spec in specs],
@@ -80,10 +84,9 @@ def _defense_entry(table: VerdictTable, defense: str) -> dict[str, Any]:
 
 
 def write_results(path: Path, results: dict[str, Any]) -> Path:
-    """Write ``results`` as indented JSON."""
+    """Write ``results`` as indented JSON, atomically (a failed write keeps the old file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    return path
+    return replace_atomically(path, json.dumps(results, indent=1) + "\n")
 
 
 def _percent(value: Optional[float]) -> str:
@@ -194,5 +197,5 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``results.json`` and ``report.md`` into ``out_dir``."""
     json_path = write_results(out_dir / "results.json", results)
     report_path = out_dir / "report.md"
-    report_path.write_text(render_report(results))
+    replace_atomically(report_path, render_report(results))
     return json_path, report_path

@@ -12,13 +12,15 @@ runs the model's solver and feeds the reader; a defense that produces its own tr
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from deqshield.convergence import check_convergence
 from deqshield.models import DEQClassifier
 from deqshield.solvers import SolverStep
+from deqshield.validation import check_range
 
 
 class StateReader(Protocol):
@@ -46,13 +48,20 @@ class StateReadout:
     """A readout that reads the model's own forward trajectory with a state reader.
 
     Subclasses implement ``reader(model, steps)``: a fresh reader for a trajectory of ``steps``
-    solver updates (states z_0..z_steps; a solve that stops early repeats its last state)."""
+    solver updates (states z_0..z_steps; a solve that stops early repeats its last state).
+    Inputs must lie in the valid input range; a readout that ``reads_equilibrium`` applies the
+    non-convergence policy of :mod:`deqshield.convergence` to the solve it ran."""
+
+    reads_equilibrium: ClassVar[bool] = True
 
     def reader(self, model: DEQClassifier, steps: int) -> StateReader:
         raise NotImplementedError
 
     def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
         reader = self.reader(model, model.deq.solver.max_iter)
+        check_range(x)
         with torch.no_grad():
-            model.trajectory(x, record_states=False, callback=reader.observe)
+            trajectory = model.trajectory(x, record_states=False, callback=reader.observe)
+            if self.reads_equilibrium:
+                check_convergence(trajectory, f"readout {type(self).__name__}")
             return reader.logits()

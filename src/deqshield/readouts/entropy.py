@@ -38,6 +38,7 @@ from deqshield.models import DEQClassifier
 from deqshield.readouts.states import Early, Ensemble, Final
 from deqshield.settings import component
 from deqshield.threat import project
+from deqshield.validation import check_bounds, check_eps, check_range
 from deqshield.solvers import Broyden, FixedPointSolver, SolverStep
 
 
@@ -61,12 +62,17 @@ class EntropyReduction:
     name: Literal["entropy-reduction"] = "entropy-reduction"
     interval: Annotated[int, Field(ge=1)] = 2
     steps: Annotated[int, Field(ge=0)] = 10
-    step_size: Annotated[float, Field(ge=0)] = 2 / 255
+    step_size: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2 / 255
     eps: Annotated[float, Field(ge=0)] = 8 / 255
     bounds: tuple[float, float] = (0.0, 1.0)
     base: Annotated[Union[Final, Early, Ensemble], Field(discriminator="name")] = Final()
 
+    def __post_init__(self) -> None:
+        check_bounds(self.bounds, "EntropyReduction.bounds")
+        check_eps(self.eps, self.bounds, "linf", "EntropyReduction.eps")
+
     def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
+        check_range(x, self.bounds)
         return self.read(model, self.regulate(model, x))
 
     def read(self, model: DEQClassifier, regulated: RegulatedTrajectory) -> Tensor:

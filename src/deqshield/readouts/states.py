@@ -12,7 +12,7 @@ ensemble readout of a shorter trajectory reads the frozen state, as the solver w
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from deqshield.models import DEQClassifier
 from deqshield.readouts.base import StateReadout
 from deqshield.settings import component
+from deqshield.errors import InputError
 from deqshield.solvers import SolverStep
+from deqshield.validation import check_index, check_range
 
 
 class LastStateReader:
@@ -45,7 +47,7 @@ class MeanStateReader:
 
     def __init__(self, model: DEQClassifier, first: int, steps: int):
         if steps - first + 1 < 1:
-            raise ValueError(f"Ensemble(first={first}) averages no state of a solver with "
+            raise InputError(f"Ensemble(first={first}) averages no state of a solver with "
                              f"max_iter={steps}")
         self.model, self.first, self.steps = model, first, steps
         self.total: Optional[Tensor] = None
@@ -77,18 +79,22 @@ class Final(StateReadout):
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         if isinstance(model, DEQClassifier):
             return super().logits(model, x)
+        check_range(x)
         with torch.no_grad():
             return model(x)
 
 
 @component(kw_only=True)
 class Early(StateReadout):
-    """head(z_index): the early-state defense (``index`` >= 1, required)."""
+    """head(z_index): the early-state defense (1 <= ``index`` <= the solver's ``max_iter``,
+    required)."""
 
     name: Literal["early"] = "early"
     index: Annotated[int, Field(ge=1)]
+    reads_equilibrium: ClassVar[bool] = False
 
     def reader(self, model: DEQClassifier, steps: int) -> LastStateReader:
+        check_index("Early.index", self.index, steps)
         return LastStateReader(model, upto=self.index)
 
 

@@ -13,11 +13,12 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from deqshield.solvers.anderson import Anderson
-from deqshield.solvers.base import FixedPointSolver, SolverStep, check_state
+from deqshield.solvers.base import FixedPointSolver, SolverStep
 from deqshield.solvers.broyden import Broyden, LowRankInverse
 from deqshield.solvers.picard import Picard
 from deqshield.solvers.scratch import release_scratch
 from deqshield.solvers.trajectory import Trajectory
+from deqshield.validation import check_batch as check_state
 
 SolverSpec = Annotated[Union[Picard, Anderson, Broyden], Field(discriminator="name")]
 """A solver section of a config file: ``{name: picard|anderson|broyden, ...settings}``."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from deqshield.errors import InputError
 from deqshield.settings import component
 from deqshield.solvers.trajectory import Trajectory
+from deqshield.validation import check_batch
 
 if TYPE_CHECKING:
     from deqshield.solvers.broyden import LowRankInverse
@@ -48,22 +49,6 @@ class SolverStep:
 StateCallback = Callable[[SolverStep], None]
 
 _TINY = 1e-12
-
-
-def check_state(z: Tensor, what: str = "initial state") -> None:
-    """Raise :class:`InputError` unless ``z`` is a non-empty, finite, floating-point batch."""
-    if not isinstance(z, Tensor):
-        raise InputError(f"{what} must be a torch.Tensor, got {type(z).__name__}")
-    if not z.is_floating_point():
-        raise InputError(f"{what} must have a floating-point dtype, got {z.dtype}")
-    if z.dim() < 2:
-        raise InputError(f"{what} must have shape (batch, ...), got {tuple(z.shape)}")
-    if z.shape[0] == 0 or z.numel() == 0:
-        raise InputError(f"{what} is an empty batch (shape {tuple(z.shape)})")
-    # one reduction pass: NaN and +-Inf propagate into min/max (isfinite(z).all() makes three
-    # full-size passes and a bool tensor, ~20x slower on a CPU)
-    if not bool(torch.isfinite(torch.stack(torch.aminmax(z))).all()):
-        raise InputError(f"{what} contains NaN or Inf")
 
 
 class FlatProblem:
@@ -195,7 +180,7 @@ class FixedPointSolver:
     def solve(self, f: StateFn, z0: Tensor, *, record_states: bool = True,
               callback: Optional[StateCallback] = None) -> Trajectory:
         """Run the solver from z0 and return its trajectory (no autograd graph is built)."""
-        check_state(z0)
+        check_batch(z0, "initial state")
         problem = FlatProblem(f, z0)
         with torch.no_grad():
             z = z0.detach().reshape(z0.shape[0], -1).clone()

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from deqshield.data import ArrayDataset
+from deqshield.validation import check_device
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def setup(device: Optional[str] = None) -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)
+    chosen = check_device(device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if not launched_by_torchrun():

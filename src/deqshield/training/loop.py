@@ -194,8 +194,10 @@ class Trainer:
         self.sums += total[:5]
         if self.on_step is not None:
             self.on_step(pos.step)
+        # the epoch's last step is checkpointed by _finish_epoch (once, with its metrics)
         if (last and settings.checkpoint_every
-                and (pos.step // self.replays) % settings.checkpoint_every == 0):
+                and (pos.step // self.replays) % settings.checkpoint_every == 0
+                and pos.batch < self.batches_per_epoch):
             self._save({}, is_best=False)
         return output.robust
 

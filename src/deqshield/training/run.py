@@ -18,10 +18,12 @@ import torch
 import yaml
 from torch import nn
 
+from deqshield.atomic import replace_atomically
 from deqshield.checkpoint import best_checkpoint, latest_checkpoint
 from deqshield.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, dev_split, load_dataset
 from deqshield.errors import InputError
+from deqshield.runs import check_resumable
 from deqshield.training.distributed import Context, setup, teardown
 from deqshield.training.loop import TrainHistory, Trainer
 
@@ -53,7 +55,9 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
     """Train the experiment ``config`` (object or YAML path) into ``run_dir``.
 
     ``resume`` continues from the latest checkpoint of ``run_dir`` (starting afresh if it has
-    none); without it an existing checkpoint is an error. ``data_dir``/``download`` override the
+    none); without it an existing checkpoint is an error. A resumed config must have the run's
+    model section, and its checkpoint must fit the model, both checked before ``config.yaml``
+    is rewritten. ``data_dir``/``download`` override the
     config's data root and download flag. ``device``: e.g. ``cpu``, ``cuda:0`` (default: CUDA
     when available). ``digest_dir``: every process writes ``rank-<r>.sha256``, the digest of its
     final weights (to check that distributed replicas agree). ``on_step(step)`` runs after every
@@ -65,18 +69,20 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
     if not resume and latest_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir} already holds checkpoints; pass resume (--resume) to "
                          "continue that run, or choose a new directory")
+    if resume:
+        check_resumable(run_dir, config)
     context = setup(device)
     try:
         seed_everything(config.train.seed)
         train_part, dev_part = load_splits(config, data_dir, download, context)
         model = config.model.build(train_part.input_shape, train_part.num_classes)
-        if context.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(config)))
         trainer = Trainer(model, train_part, dev_part, config.train, context, run_dir,
                           run_dir / "metrics.jsonl", dump_config(config), progress, on_step)
         if resume:
-            trainer.resume()
+            trainer.resume()  # a checkpoint that does not fit the model fails before any write
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            replace_atomically(run_dir / "config.yaml", yaml.safe_dump(dump_config(config)))
         history = trainer.run()
         if digest_dir is not None:
             Path(digest_dir).mkdir(parents=True, exist_ok=True)
