@@ -30,6 +30,7 @@ from deqshield.convergence import ConvergencePolicy, convergence_policy
 from deqshield.errors import (CheckpointError, ConfigError, InputError,
                               NonConvergenceWarning, NotConvergedError)
 from deqshield.models import ConvDEQ
+from deqshield.paths import FinalState
 from deqshield.protocol import run_protocol
 from deqshield.protocol.specs import AttackSpec, Protocol
 from deqshield.readouts import Early, Ensemble, Final
@@ -232,8 +233,8 @@ def test_case09_ctrl_c_names_the_last_checkpoint(config_file, tmp_path, monkeypa
 
     step = Trainer._step
 
-    def interrupted_after_three(self, x, y):
-        robust = step(self, x, y)
+    def interrupted_after_three(self, x, y, last=True):
+        robust = step(self, x, y, last)
         if self.position.step == 3:
             raise KeyboardInterrupt
         return robust
@@ -276,7 +277,7 @@ def test_case12_inputs_outside_the_valid_range(model):
         with pytest.raises(InputError, match=r"valid input range \[0, 1\]"):
             Final().logits(model, bad)
         with pytest.raises(InputError, match=r"valid input range \[0, 1\]"):
-            PGD(eps=0.1, steps=1).perturb(model, bad, y)
+            PGD(eps=0.1, steps=1).run(model, FinalState(), bad, y)
     with pytest.raises(ValueError, match="lo < hi"):
         PGD(bounds=(1.0, 0.0))
 
@@ -322,7 +323,7 @@ def test_case17_results_record_the_radius_that_ran(model):
 ])
 def test_case19_bad_labels(model, labels, says):
     with pytest.raises(InputError, match=says):
-        PGD(eps=0.1, steps=1).perturb(model, torch.rand(2, 1, 8, 8), labels)
+        PGD(eps=0.1, steps=1).run(model, FinalState(), torch.rand(2, 1, 8, 8), labels)
 
 
 def test_case19_float64_inputs(model):
