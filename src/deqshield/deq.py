@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from deqshield.gradients import GradientMode, Phantom
 from deqshield.solvers import FixedPointSolver, Picard, Trajectory
 from deqshield.solvers.base import StateCallback
+from deqshield.solvers.warm import active_warm_starts
 
 
 class DEQCell(nn.Module):
@@ -73,9 +74,19 @@ class DEQLayer(nn.Module):
         z_mode = f(z_T) (``Implicit``) or the unrolled state (``Phantom``). ``Backprop``
         replaces the forward pass: the value is its unrolled network's state, in every mode.
         ``gradient`` overrides the layer's mode for this call (e.g. an attack's choice).
+        Inside an attack's ``WarmStarts.active`` block the solve starts from the attack's
+        previous state (:mod:`deqshield.solvers.warm`); :meth:`solve` never does.
         """
         mode = gradient or self.gradient
-        trajectory = self.solve(u, record_states=record_states, callback=callback)
+        warm = active_warm_starts()
+        if warm is None:
+            trajectory = self.solve(u, record_states=record_states, callback=callback)
+        else:
+            memory, rows = warm
+            z0, solver = memory.start(self.solver, self.cell.initial_state(u), rows)
+            trajectory = self.solve(u, solver=solver, record_states=record_states,
+                                    callback=callback, z0=z0)
+            memory.remember(trajectory.final, rows)
         if mode.replaces_forward:
             return mode.attach(self.bind(u), trajectory), trajectory
         if not torch.is_grad_enabled():

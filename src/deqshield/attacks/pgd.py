@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Annotated, Literal, Optional
 
 import torch
@@ -30,6 +31,7 @@ from deqshield.attacks.losses import LOSSES, LossName
 from deqshield.paths.base import GradientPath
 from deqshield.readouts.base import Readout
 from deqshield.settings import component
+from deqshield.solvers.warm import WarmStarts
 from deqshield.threat import project
 from deqshield.validation import check_bounds, check_eps, check_labels, check_range
 
@@ -37,7 +39,9 @@ from deqshield.validation import check_bounds, check_eps, check_labels, check_ra
 @component
 class PGD:
     """PGD with ``steps`` steps of size ``step_size`` in an ``eps`` ball (``norm``), from
-    ``restarts`` random starts."""
+    ``restarts`` random starts. ``warm_steps`` k: after each sample's first solve, the
+    final-state paths' solves start from the previous iterate's state and take k solver
+    updates (:mod:`deqshield.solvers.warm`; None: every solve from the model's z_0)."""
 
     name: Literal["pgd"] = "pgd"
     eps: Annotated[float, Field(ge=0)] = 8 / 255
@@ -46,6 +50,7 @@ class PGD:
     norm: Literal["linf", "l2"] = "linf"
     random_start: bool = True
     restarts: Annotated[int, Field(ge=1)] = 1
+    warm_steps: Optional[Annotated[int, Field(ge=1)]] = None
     loss: LossName = "ce"
     bounds: tuple[float, float] = (0.0, 1.0)
 
@@ -112,13 +117,15 @@ class PGD:
         loss = LOSSES[self.loss]
         final = current.clone()
         rows = torch.arange(len(index), device=index.device)
+        warm = WarmStarts(self.warm_steps, len(index)) if self.warm_steps else None
         board.score(current, index)
         for _ in range(self.steps):
             keep = board.alive()[index[rows]]
             rows, current = rows[keep], current[keep]
             if not len(rows):
                 break
-            grad = path.input_gradient(model, current, y[index[rows]], loss)
+            with warm.active(rows) if warm else nullcontext():
+                grad = path.input_gradient(model, current, y[index[rows]], loss)
             current = project(current + self.step_size * self._direction(grad), x[index[rows]],
                               self.eps, self.norm, self.bounds)
             final[rows] = current

@@ -34,8 +34,9 @@ computed in train mode.
 
 Random intermediate states (``random_intermediate=True``, Eq. 10 of
 regulating-dynamics-icml23): the loss reads out h(z_i) for a state z_i of the forward solve
-with i ~ U{1, ..., T} (T the number of solver steps actually taken), drawn once per loss
-evaluation from ``randomness.depth``, a generator owned (and checkpointed) by the trainer. The
+with i ~ U{1, ..., N} (N the solver's ``max_iter``), drawn once per loss
+evaluation from ``randomness.depth``, a generator owned (and checkpointed) by the trainer, before
+the solve, which keeps only z_i (a solve that stops early reads its frozen last state). The
 gradient is attached at z_i by the model's gradient mode applied to the trajectory truncated at
 z_i: ``Phantom`` unrolls k damped steps from z_i, ``Implicit`` backpropagates the adjoint
 equation at z_i, ``Backprop`` unrolls i plain steps from z_0. The random depth lives only inside
@@ -62,7 +63,7 @@ from deqshield.models import DEQClassifier
 from deqshield.paths import FinalState
 from deqshield.paths.base import LossFn
 from deqshield.settings import component
-from deqshield.solvers import Trajectory
+from deqshield.solvers import SolverStep, Trajectory
 
 
 @dataclass
@@ -104,11 +105,10 @@ def forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Optional[Trajectory]]:
     return model(x), None
 
 
-def truncate(trajectory: Trajectory, i: int) -> Trajectory:
-    """The trajectory z_0..z_i of a solve that recorded its states (``final`` = z_i)."""
+def truncated_at(trajectory: Trajectory, i: int, z_i: Tensor) -> Trajectory:
+    """The trajectory z_0..z_i of a solve (``final`` = z_i; the states are not kept)."""
     return dataclasses.replace(
-        trajectory, final=trajectory.state(i), states=trajectory.states[: i + 1],
-        abs_residual=trajectory.abs_residual[: i + 1],
+        trajectory, final=z_i, states=[], abs_residual=trajectory.abs_residual[: i + 1],
         rel_residual=trajectory.rel_residual[: i + 1],
         iterations=trajectory.iterations.clamp(max=i))
 
@@ -116,14 +116,24 @@ def truncate(trajectory: Trajectory, i: int) -> Trajectory:
 def random_intermediate_forward(model: nn.Module, x: Tensor,
                                 generator: Optional[torch.Generator]
                                 ) -> tuple[Tensor, Trajectory]:
-    """h(z_i) with i ~ U{1..T} and the gradient mode attached at z_i; the full trajectory."""
+    """h(z_i) with i ~ U{1..N} (N the solver's ``max_iter``) and the gradient mode attached at
+    z_i; the full trajectory. The index is drawn before the solve and z_i is kept as the
+    solver streams it, so no other state is stored (memory flat in N); a solve that stops at
+    T < i has the frozen state z_i = z_T, as the readouts read it."""
     if not isinstance(model, DEQClassifier):
         raise InputError("random_intermediate needs a DEQ model, got "
                          f"{type(model).__name__}")
     u = model.inject(x)
-    trajectory = model.deq.solve(u, record_states=True)
-    i = int(torch.randint(1, max(trajectory.num_steps, 1) + 1, (1,), generator=generator))
-    z = model.deq.gradient.attach(model.deq.bind(u), truncate(trajectory, i))
+    i = int(torch.randint(1, model.deq.solver.max_iter + 1, (1,), generator=generator))
+    picked: dict[str, Tensor] = {}
+
+    def keep(step: SolverStep) -> None:
+        if step.n == i:
+            picked["z"] = step.state.clone()
+
+    trajectory = model.deq.solve(u, callback=keep)
+    z_i = picked.get("z", trajectory.final)
+    z = model.deq.gradient.attach(model.deq.bind(u), truncated_at(trajectory, i, z_i))
     return model.head(z), trajectory
 
 
