@@ -7,6 +7,7 @@ from torch import nn
 
 from deqshield.attacks import cross_entropy
 from deqshield.config import parse_config
+from deqshield.models import SmallCNN
 from deqshield.training import FastAT, FreeAT, StepRandomness
 from deqshield.training.run import train
 
@@ -78,3 +79,26 @@ def test_free_at_replays_each_batch_in_a_training_run(tmp_path):
                         "selection": {"metric": "clean", "limit": 16}}}
     result = train(parse_config(config), tmp_path / "run", progress=False)
     assert result.history.epochs[-1].step == 2 * 3  # 2 batches, 3 replays each
+
+
+def test_the_overfit_guard_restores_the_best_weights_and_stops(tmp_path, monkeypatch):
+    """Provoked collapse: the dev robust accuracy reads 0.6 after epoch 1, 0.1 after epoch 2."""
+    import deqshield.training.loop as loop
+    from deqshield.checkpoint import best_checkpoint, load_checkpoint
+
+    scores = iter([0.6, 0.1, 0.5, 0.5])
+    monkeypatch.setattr(loop, "robust_accuracy", lambda *args, **kwargs: next(scores))
+    config = {"data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 64},
+              "model": {"name": "small-cnn", "channels": [4]},
+              "train": {"epochs": 4, "batch_size": 32, "lr": 1e-2,
+                        "objective": {"name": "fast-at", "eps": 0.1},
+                        "overfit_guard": {"drop": 0.3},
+                        "selection": {"metric": "robust", "limit": 16}}}
+    result = train(parse_config(config), tmp_path / "run", progress=False)
+    epochs = result.history.epochs
+    assert [record.restored_best for record in epochs] == [False, True]  # stopped after 2
+    best = SmallCNN(channels=(4,)).build((1, 8, 8), 10)
+    load_checkpoint(best_checkpoint(tmp_path / "run"), model=best, restore_rng=False)
+    assert epochs[0].is_best
+    for name, value in best.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[name]), name

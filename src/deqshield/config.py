@@ -58,6 +58,15 @@ class SelectionConfig(Section):
     batch_size: Annotated[int, Field(ge=1)] = 256
 
 
+class OverfitGuard(Section):
+    """Guard against catastrophic overfitting (one-step adversarial training, Wong et al.
+    2020): when the dev robust accuracy of an epoch falls more than ``drop`` below the best so
+    far, the best weights are restored and training stops (saying so). Needs
+    ``selection.metric: robust``."""
+
+    drop: Annotated[float, Field(gt=0, le=1)] = 0.2
+
+
 class TrainConfig(Section):
     """Optimisation settings (Adam with per-step cosine decay, as in the papers).
 
@@ -87,7 +96,15 @@ class TrainConfig(Section):
     keep_last: Annotated[int, Field(ge=1)] = 2
     divergence_residual: Optional[Annotated[float, Field(gt=0)]] = None
     selection: SelectionConfig = SelectionConfig()
+    overfit_guard: Optional[OverfitGuard] = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _overfit_guard_needs_robust_selection(self) -> "TrainConfig":
+        if self.overfit_guard is not None and self.selection.metric != "robust":
+            raise ValueError("overfit_guard watches the dev robust accuracy: it needs "
+                             "selection.metric 'robust'")
+        return self
 
     @model_validator(mode="after")
     def _certified_selection_needs_certified_training(self) -> "TrainConfig":

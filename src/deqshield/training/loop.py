@@ -59,6 +59,7 @@ class EpochRecord:
     residual: Optional[float]
     is_best: bool
     certified_accuracy: Optional[float] = None
+    restored_best: bool = False
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Trainer:
         # this epoch: loss * n, correct, n, residual sum, n scored on adversarial inputs
         self.sums = torch.zeros(5, dtype=torch.float64)
         self.best: Optional[float] = None
+        self.best_weights: Optional[dict[str, torch.Tensor]] = None
         self.log = MetricsLog(metrics_path if context.is_main else None)
 
     def resume(self) -> bool:
@@ -235,16 +237,45 @@ class Trainer:
             score = {"robust": rob, "clean": clean, "certified": cert}[selection.metric]
             is_best = self.best is None or score > self.best
             self.best = score if is_best else self.best
+        collapsed = self._collapsed(rob, is_best)
         record = EpochRecord(
             epoch=self.position.epoch, step=self.position.step, loss=float(sums[0] / sums[2]),
             train_accuracy=float(sums[1] / sums[2]), train_robust=bool(sums[4] == sums[2]),
             eval_accuracy=clean,
             robust_accuracy=rob,
             residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best,
-            certified_accuracy=cert)
+            certified_accuracy=cert, restored_best=collapsed)
+        if collapsed:
+            self._restore_best(rob)
         self.log.write(asdict(record), self.progress and self.context.is_main)
         self._save(asdict(record), is_best)
         return record
+
+    def _collapsed(self, robust: Optional[float], is_best: bool) -> bool:
+        """The overfit guard's verdict (the same in every process): the dev robust accuracy
+        fell more than the guard's ``drop`` below the best. Keeps a copy of the best weights."""
+        guard = self.settings.overfit_guard
+        if guard is None:
+            return False
+        fell = (self.context.is_main and robust is not None and self.best is not None
+                and self.best - robust > guard.drop)
+        best, collapsed = self.context.sum(torch.tensor([float(is_best), float(fell)])) > 0
+        if best:
+            self.best_weights = {k: v.detach().clone()
+                                 for k, v in self.model.state_dict().items()}
+        return bool(collapsed)
+
+    def _restore_best(self, robust: Optional[float]) -> None:
+        """Catastrophic overfitting: back to the best weights (of this process's memory, or
+        the run's best checkpoint after a resume), stop after this epoch."""
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        elif self.run_dir is not None:
+            load_checkpoint(self.run_dir, model=self.model, which="best", restore_rng=False)
+        self.position.epoch = self.settings.epochs
+        if self.context.is_main:
+            tqdm.write(f"overfit guard: dev robust accuracy fell to {robust:.3f} (best "
+                       f"{self.best:.3f}); restored the best weights and stopped training")
 
     def _save(self, metrics: dict[str, Any], is_best: bool) -> None:
         """Checkpoint (main process only) with the position and the best score so far."""
