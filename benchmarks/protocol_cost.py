@@ -30,7 +30,7 @@ from deqshield.paths import FinalState
 from deqshield.protocol import run_protocol
 from deqshield.protocol.matrix import materialize, predict
 from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import AutoAttackBudget, standard_protocol
+from deqshield.protocol.standard import AttackBudget, standard_protocol
 from deqshield.readouts import Final
 from deqshield.settings import settings_dict
 from deqshield.solvers import Broyden
@@ -73,7 +73,7 @@ def main() -> None:
         return float((predict(model, Final(), x_adv, 128) == y).float().mean())
 
     _, baseline = timed(plain_evaluation)
-    budget = AutoAttackBudget(apgd_iterations=args.apgd_iterations,
+    budget = AttackBudget(apgd_iterations=args.apgd_iterations,
                               square_queries=args.square_queries)
     protocol = standard_protocol(model, eps=EPS, early_index=3, autoattack=args.autoattack,
                                  budget=budget)

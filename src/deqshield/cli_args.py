@@ -35,7 +35,7 @@ EVALUATE: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "early_index": positive, "entropy_interval": positive,
     "entropy_steps": non_negative, "entropy_step": non_negative_number,
     "apgd_iterations": positive, "square_queries": positive, "seed": non_negative,
-    "restarts": positive, "screen_samples": positive, "keep": positive, "follow": positive,
+    "restarts": positive, "warm_steps": positive, "screen_samples": positive, "keep": positive, "follow": positive,
 }
 CERTIFY: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "pgd_steps": positive, "pgd_restarts": positive,

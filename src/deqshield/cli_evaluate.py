@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from deqshield.cli_args import EVALUATE, check_options, prepare_output_dir
 from deqshield.evaluation import SOLVERS, evaluate_run
 from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import AutoAttackBudget
+from deqshield.protocol.standard import BUDGETS, AttackBudget
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import run_config
 from deqshield.training.distributed import launched_by_torchrun
@@ -40,6 +41,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _budget(args: argparse.Namespace) -> AttackBudget:
+    """The ``--budget`` preset with the options given explicitly on top."""
+    given = {name: getattr(args, name) for name in ("apgd_iterations", "square_queries",
+                                                    "restarts", "warm_steps")
+             if getattr(args, name) is not None}
+    return dataclasses.replace(BUDGETS[args.budget], **given)
+
+
 def _evaluate_here(args: argparse.Namespace) -> int:
     entropy = (EntropyReduction(interval=args.entropy_interval, steps=args.entropy_steps,
                                 step_size=args.entropy_step, eps=args.eps)
@@ -50,9 +59,7 @@ def _evaluate_here(args: argparse.Namespace) -> int:
                            limit=args.limit, sweep=args.sweep, entropy=entropy,
                            autoattack=not args.no_autoattack, quick=args.quick,
                            early_exit=args.early_exit, seed=args.seed,
-                           budget=AutoAttackBudget(apgd_iterations=args.apgd_iterations,
-                                                   square_queries=args.square_queries,
-                                                   restarts=args.restarts),
+                           budget=_budget(args),
                            screening=(Screening(samples=args.screen_samples, keep=args.keep,
                                                 follow=args.follow) if args.screen else None),
                            progress=not args.quiet)
@@ -98,13 +105,21 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="beta (default 2/255)")
     parser.add_argument("--no-autoattack", action="store_true",
                         help="skip the AutoAttack columns (APGD, Square)")
-    parser.add_argument("--apgd-iterations", type=int, default=AutoAttackBudget().apgd_iterations,
-                        help="APGD iterations (default 100, AutoAttack's)")
-    parser.add_argument("--square-queries", type=int, default=AutoAttackBudget().square_queries,
-                        help="Square queries (default 5000, AutoAttack's)")
-    parser.add_argument("--restarts", type=int, default=AutoAttackBudget().restarts,
-                        help="random restarts of every attack (default 1); every attack "
-                             "keeps the first misclassified example over iterates and restarts")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference",
+                        help="attack budget preset: reference (AutoAttack's: APGD 100 "
+                             "iterations, Square 5000 queries) or cpu (APGD "
+                             f"{BUDGETS['cpu'].apgd_iterations}, Square "
+                             f"{BUDGETS['cpu'].square_queries}, {BUDGETS['cpu'].restarts} "
+                             "restarts: fits a 2-core machine); the options below override it")
+    parser.add_argument("--apgd-iterations", type=int, help="APGD iterations")
+    parser.add_argument("--square-queries", type=int, help="Square queries")
+    parser.add_argument("--restarts", type=int,
+                        help="random restarts of every attack; every attack keeps the first "
+                             "misclassified example over iterates and restarts")
+    parser.add_argument("--warm-steps", type=int,
+                        help="PGD's final-state solves start from the previous iterate's state "
+                             "and take this many solver steps (attack side only; default: every "
+                             "solve from z_0)")
     parser.add_argument("--screen", action="store_true",
                         help="rank the attacks on a few samples first; run the strongest on all "
                              "(the others keep their screening verdicts)")

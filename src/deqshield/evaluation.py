@@ -42,7 +42,7 @@ from deqshield.protocol.report import write_results
 from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import (
-    AutoAttackBudget,
+    AttackBudget,
     explicit_protocol,
     redundant_early,
     standard_protocol,
@@ -65,7 +65,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
                    attack_labels: Optional[Sequence[str]] = None,
-                   budget: AutoAttackBudget = AutoAttackBudget(),
+                   budget: AttackBudget = AttackBudget(),
                    screening: Optional[Screening] = None,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping (an explicit

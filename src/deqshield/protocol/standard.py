@@ -21,7 +21,7 @@ Attacks, all PGD-10 unless noted (Sec. 4-5 and Tables 2-3, 9; regulating-dynamic
   and Square, the gradient-free control that flags gradient obfuscation.
 
 Every attack keeps the first misclassified example over its iterates and restarts
-(``AutoAttackBudget.restarts``).
+(``AttackBudget.restarts``).
 """
 
 from __future__ import annotations
@@ -56,17 +56,33 @@ SQUARE = "Square (gradient-free)"
 
 
 @component
-class AutoAttackBudget:
-    """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000), and
-    the random restarts of every attack (PGD, APGD, Square)."""
+class AttackBudget:
+    """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000), the
+    random restarts of every attack (PGD, APGD, Square), and PGD's warm-started solves
+    (``warm_steps``: solver updates per iterate after a full first solve, for the final-state
+    paths; None: every solve from z_0)."""
 
     apgd_iterations: Annotated[int, Field(ge=1)] = 100
     square_queries: Annotated[int, Field(ge=1)] = 5000
     restarts: Annotated[int, Field(ge=1)] = 1
+    warm_steps: Optional[Annotated[int, Field(ge=1)]] = None
+
+    @property
+    def pgd(self) -> PGD:
+        """The protocol's PGD-10 with these restarts and warm starts."""
+        return PGD(steps=10, restarts=self.restarts, warm_steps=self.warm_steps)
+
+
+BUDGETS: dict[str, AttackBudget] = {
+    "reference": AttackBudget(),
+    "cpu": AttackBudget(apgd_iterations=20, square_queries=300, restarts=2),
+}
+"""Named budget presets (``deqshield evaluate --budget``): AutoAttack's reference budget, and
+one that evaluates ~1000 MNIST images on a 2-core CPU in the time of a training run."""
 
 
 def autoattack_columns(paths: Sequence[tuple[PathSpec, Optional[str]]],
-                       budget: AutoAttackBudget) -> list[AttackSpec]:
+                       budget: AttackBudget) -> list[AttackSpec]:
     """APGD-CE/T fed each of ``paths`` ((path, path label or None) pairs), then the
     gradient-free Square, with ``budget``."""
     apgd = AutoAttackBridge(attacks=("apgd-ce", "apgd-t"), apgd_iterations=budget.apgd_iterations,
@@ -79,9 +95,9 @@ def autoattack_columns(paths: Sequence[tuple[PathSpec, Optional[str]]],
 
 
 def explicit_attacks(autoattack: bool = True,
-                     budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
+                     budget: AttackBudget = AttackBudget()) -> list[AttackSpec]:
     """The attacks for an explicit network: PGD-10, APGD-CE/T and Square."""
-    pgd = PGD(steps=10, restarts=budget.restarts)
+    pgd = budget.pgd
     specs = [AttackSpec(attack=pgd, path=FinalState(), label=pgd.label)]
     if autoattack:
         specs += autoattack_columns([(FinalState(), None)], budget)
@@ -95,10 +111,10 @@ def full_unroll(model: DEQClassifier) -> UnrolledIntermediate:
 
 def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = False,
                      entropy: Optional[EntropyReduction] = None, autoattack: bool = True,
-                     budget: AutoAttackBudget = AutoAttackBudget()) -> list[AttackSpec]:
+                     budget: AttackBudget = AttackBudget()) -> list[AttackSpec]:
     """The attack columns described in the module docstring."""
     steps = model.deq.solver.max_iter
-    pgd = PGD(steps=10, restarts=budget.restarts)
+    pgd = budget.pgd
     specs = [AttackSpec(attack=pgd, path=FinalState(gradient=Phantom()),
                         label="ready-made (phantom)"),
              AttackSpec(attack=pgd, path=FinalState(gradient=Implicit()),
@@ -138,7 +154,7 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
 
 def explicit_protocol(*, eps: float, autoattack: bool = True, quick: bool = False,
                       early_exit: bool = False, seed: int = 0,
-                      budget: AutoAttackBudget = AutoAttackBudget(),
+                      budget: AttackBudget = AttackBudget(),
                       screening: Optional[Screening] = None) -> Protocol:
     """The protocol for an explicit baseline: its output against :func:`explicit_attacks`."""
     return Protocol(defenses=(Final(),), attacks=tuple(explicit_attacks(autoattack, budget)),
@@ -158,7 +174,7 @@ def redundant_early(model: DEQClassifier, early_index: int) -> Optional[str]:
 def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,
                       sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                       autoattack: bool = True, quick: bool = False, early_exit: bool = False,
-                      seed: int = 0, budget: AutoAttackBudget = AutoAttackBudget(),
+                      seed: int = 0, budget: AttackBudget = AttackBudget(),
                       screening: Optional[Screening] = None) -> Protocol:
     """Defenses final / early / ensemble (each also behind ``entropy`` if given; early left out
     when :func:`redundant_early`) against :func:`standard_attacks` at radius ``eps``."""
