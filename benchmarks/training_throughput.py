@@ -121,7 +121,7 @@ def main() -> None:
     figures["random_intermediate_peak_mib"] = memory
     spread = max(memory.values()) / min(memory.values()) - 1
     figures["random_intermediate_spread"] = spread
-    print(f"PGD-AT step with random intermediate states, peak RSS above the base: "
+    print("PGD-AT step with random intermediate states, peak RSS above the base: "
           + ", ".join(f"N={n}: {mib:.1f} MiB" for n, mib in memory.items())
           + f" (spread {100 * spread:.1f}%)")
     if args.out:

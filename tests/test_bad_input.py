@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from deqshield import cli_args
 from deqshield.attacks import PGD
 from deqshield.cli import main
-from deqshield.config import dump_config, load_config, parse_config
+from deqshield.config import load_config, parse_config
 from deqshield.convergence import ConvergencePolicy, convergence_policy
 from deqshield.errors import (CheckpointError, ConfigError, InputError,
                               NonConvergenceWarning, NotConvergedError)

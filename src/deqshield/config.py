@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deqshield.attacks.pgd import PGD
+from deqshield.attacks.pgd import PGD, READY_MADE
 from deqshield.certify import CerDEQConfig, CNN7Config
 from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
@@ -53,7 +53,7 @@ class SelectionConfig(Section):
     most ``limit`` dev examples (None: all)."""
 
     metric: Literal["robust", "clean", "certified"] = "robust"
-    attack: PGD = PGD(steps=10)
+    attack: PGD = READY_MADE
     limit: Optional[Annotated[int, Field(ge=1)]] = 512
     batch_size: Annotated[int, Field(ge=1)] = 256
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from deqshield.attacks.pgd import PGD
+from deqshield.attacks.pgd import READY_MADE
 from deqshield.data import dev_split, load_dataset
 from deqshield.diagnostics import (
     adversarial_dataset,
@@ -90,7 +90,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
         write_report(out_dir, results)
         return results
     steps = model.deq.solver.max_iter
-    ready_made = PGD(steps=10, eps=eps, step_size=eps / 4)
+    ready_made = READY_MADE.at_radius(eps)
     scores: dict[int, float] = {}
     if early_index is not None:
         check_index("early_index", early_index, steps)

@@ -147,3 +147,10 @@ class PGD:
         direction = direction / direction.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
         radius = torch.rand(x.shape[0], generator=generator, dtype=x.dtype) ** (1 / x[0].numel())
         return (self.eps * radius.view(-1, *[1] * (x.dim() - 1)) * direction).to(x.device)
+
+
+READY_MADE = PGD(steps=10)
+"""The ready-made attack of the papers: PGD-10 with step eps / 4 and a random start, at
+8/255 (``READY_MADE.at_radius(eps)`` for another radius). With the final-state gradient it is
+the attack DEQ papers report, the early-state selection's attack and the training selection's
+default."""

@@ -7,18 +7,17 @@ from collections.abc import Iterable
 
 from torch.utils.data import Dataset
 
-from deqshield.attacks.pgd import PGD
+from deqshield.attacks.pgd import PGD, READY_MADE
 from deqshield.models import DEQClassifier
 from deqshield.paths import FinalState
 from deqshield.protocol.matrix import evaluate_matrix
 from deqshield.protocol.specs import AttackSpec, defense_label
 from deqshield.readouts import Early
 
-READY_MADE_PGD10 = PGD(steps=10)
 
 
 def select_early_index(model: DEQClassifier, dev_data: Dataset, indices: Iterable[int], *,
-                       attack: PGD = READY_MADE_PGD10, batch_size: int = 128, seed: int = 0,
+                       attack: PGD = READY_MADE, batch_size: int = 128, seed: int = 0,
                        progress: bool = False) -> tuple[int, dict[int, float]]:
     """(best index, robust accuracy per index); the smallest index wins ties."""
     candidates = {index: Early(index=index) for index in indices}

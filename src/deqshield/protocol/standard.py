@@ -33,7 +33,7 @@ from typing import Annotated, Optional
 from pydantic import Field
 
 from deqshield.attacks.autoattack import AutoAttackBridge
-from deqshield.attacks.pgd import PGD
+from deqshield.attacks.pgd import PGD, READY_MADE
 from deqshield.gradients import Implicit, Phantom
 from deqshield.models import DEQClassifier
 from deqshield.paths import (
@@ -70,7 +70,7 @@ class AttackBudget:
     @property
     def pgd(self) -> PGD:
         """The protocol's PGD-10 with these restarts and warm starts."""
-        return PGD(steps=10, restarts=self.restarts, warm_steps=self.warm_steps)
+        return dataclasses.replace(READY_MADE, restarts=self.restarts, warm_steps=self.warm_steps)
 
 
 BUDGETS: dict[str, AttackBudget] = {
