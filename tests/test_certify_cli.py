@@ -56,6 +56,11 @@ def test_certify_run_writes_a_consistent_report(trained_run):
     accuracy = results["accuracy"]
     assert 0 < accuracy["certified"] <= min(accuracy["clean"], accuracy["pgd"]) + 1e-9
     assert results["certified_broken_by_pgd"] == 0
+    per_sample = saved["per_sample"]
+    assert [entry["index"] for entry in per_sample] == list(range(96))
+    assert sum(entry["certified"] for entry in per_sample) == round(96 * accuracy["certified"])
+    assert all(entry["certified_margin"] > 0 for entry in per_sample if entry["certified"])
+    assert all(entry["pgd"] and entry["clean"] for entry in per_sample if entry["certified"])
     errors = results["error_percent"]
     assert errors["certified"] == pytest.approx(100 * (1 - accuracy["certified"]))
     report = (trained_run / "certify.md").read_text()

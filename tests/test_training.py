@@ -224,3 +224,19 @@ def test_shipped_configs_validate():
     mnist = load_config(str(next(p for p in shipped_configs()
                                  if p.name == "mnist-conv-deq-pgdat.yaml")))
     assert mnist.train.objective.attack.eps == pytest.approx(0.3)
+
+
+def test_a_run_remembers_its_data_directory(tmp_path):
+    import yaml
+
+    from deqshield.config import parse_config
+    from deqshield.training.run import train
+
+    config = {"data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 32},
+              "model": {"name": "small-cnn", "channels": [2]},
+              "train": {"epochs": 1, "batch_size": 32, "selection": {"metric": "clean",
+                                                                      "limit": 8}}}
+    train(parse_config(config), tmp_path / "run", data_dir=str(tmp_path / "data"),
+          progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str((tmp_path / "data").resolve())

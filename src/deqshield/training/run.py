@@ -58,13 +58,17 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
     none); without it an existing checkpoint is an error. A resumed config must have the run's
     model section, and its checkpoint must fit the model, both checked before ``config.yaml``
     is rewritten. ``data_dir``/``download`` override the
-    config's data root and download flag. ``device``: e.g. ``cpu``, ``cuda:0`` (default: CUDA
+    config's data root and download flag; the run's ``config.yaml`` records the data root used,
+    so ``evaluate`` and ``certify`` find the data without ``--data-dir``. ``device``: e.g. ``cpu``, ``cuda:0`` (default: CUDA
     when available). ``digest_dir``: every process writes ``rank-<r>.sha256``, the digest of its
     final weights (to check that distributed replicas agree). ``on_step(step)`` runs after every
     optimizer step. Launched by ``torchrun``, the processes train one model together.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
+    if data_dir is not None:  # the run remembers where its data came from
+        config = config.model_copy(update={"data": config.data.model_copy(
+            update={"root": str(Path(data_dir).resolve())})})
     run_dir = Path(run_dir)
     if not resume and latest_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir} already holds checkpoints; pass resume (--resume) to "
