@@ -35,7 +35,7 @@ from deqshield.paths import FinalState
 from deqshield.settings import component
 from deqshield.threat import project
 from deqshield.training.objectives import (StepOutput, StepRandomness, Standard, Warmup,
-                                           adversarial_loss, training_forward)
+                                           adversarial_loss, training_forward, warmup_factor)
 
 BOUNDS = (0.0, 1.0)
 
@@ -73,7 +73,7 @@ class FastAT:
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
-        factor = 1.0 if self.warmup is None else self.warmup.factor(randomness.step)
+        factor = warmup_factor(self.warmup, randomness.step)
         if factor == 0.0:
             return Standard(random_intermediate=self.random_intermediate).loss(
                 model, x, y, randomness)
@@ -95,8 +95,7 @@ class FreeAT:
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
-        factor = 1.0 if self.warmup is None else self.warmup.factor(randomness.step)
-        eps = factor * self.eps
+        eps = warmup_factor(self.warmup, randomness.step) * self.eps
         delta = randomness.carry.get(self.name)
         if delta is None or delta.shape != x.shape:
             delta = torch.zeros_like(x)

@@ -195,15 +195,16 @@ class Warmup:
                                exponent=1.0)(step)
 
 
+def warmup_factor(warmup: Optional[Warmup], step: int) -> float:
+    """r(step) of the warm-up, 1 without one."""
+    return 1.0 if warmup is None else warmup.factor(step)
+
+
 def adversary_at(attack: PGD, warmup: Optional[Warmup], step: int) -> Optional[PGD]:
     """The attack of optimizer step ``step``: ``attack`` with eps and step size scaled by the
     warm-up factor r(step); None while r(step) = 0 (train on clean inputs)."""
-    if warmup is None:
-        return attack
-    r = warmup.factor(step)
-    if r == 0.0:
-        return None
-    return dataclasses.replace(attack, eps=r * attack.eps, step_size=r * attack.step_size)
+    r = warmup_factor(warmup, step)
+    return None if r == 0.0 else attack.at_radius(r * attack.eps)
 
 
 @component
