@@ -197,6 +197,9 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     assert main([*add[:4], "digits-linf-0.3-deq", *add[5:]]) == 2  # eps 0.3 vs 0.1 measured
     assert "does not match" in capsys.readouterr().err
     assert zoo.names() == [CERDEQ, DEQ]
+    copy = "digits-linf-0.1-deqcopy"  # a zoo model is a run too
+    assert main(["zoo", "add", f"zoo:{DEQ}", "--name", copy, *add[5:]]) == 0
+    assert zoo.card(copy).sha256 == zoo.card(DEQ).sha256
 
 
 def test_zoo_list_and_show(in_zoo, capsys):
@@ -221,6 +224,9 @@ def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
     assert results["meta"]["checkpoint"] == str(in_zoo / DEQ / store.WEIGHTS)
     assert main(["evaluate", f"zoo:{DEQ}", "--eps", "0.1"]) == 2
     assert "pass --out" in capsys.readouterr().err
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(tmp_path / "latest"), "--eps", "0.1",
+                 "--which", "latest"]) == 2
+    assert "does not apply" in capsys.readouterr().err
     assert sorted(path.name for path in (in_zoo / DEQ).iterdir()) == [
         "card.json", "config.yaml", "weights.safetensors"]
 

@@ -89,12 +89,15 @@ def load_run(run_dir: RunPath, *, which: Literal["best", "latest"] = "best",
              data_dir: Optional[str] = None) -> LoadedRun:
     """Build the run's model from its config and load the ``which`` checkpoint (``best``
     falls back to ``latest`` for runs without selection), or load zoo model ``zoo:NAME``
-    (``which`` does not apply). The model is returned in eval mode with the test data of the
-    config (``data_dir`` overrides its root)."""
+    (its one set of weights: ``which`` must be ``best``). The model is returned in eval mode
+    with the test data of the config (``data_dir`` overrides its root)."""
+    name = zoo_name(run_dir)
+    if name is not None and which != "best":
+        raise InputError(f"{run_dir} holds the weights of its run's best checkpoint only; "
+                         f"which={which!r} does not apply")
     config = run_config(run_dir)
     test = load_dataset(config.data.name, "test", data_dir or config.data.root,
                         config.data.download)
-    name = zoo_name(run_dir)
     if name is not None:
         model, card = zoo.load(name)
         info = CheckpointInfo(store.model_dir(name) / store.WEIGHTS, card.training.step,
