@@ -22,7 +22,7 @@ from deqshield.evaluation import evaluate_run
 from deqshield.runs import load_run
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
-from deqshield.zoo.card import card_json, read_card
+from deqshield.zoo.cards import card_json, read_card
 from deqshield.zoo.package import add_run
 from deqshield.zoo.render import render
 
@@ -172,6 +172,7 @@ def test_card_validation(in_zoo, tmp_path):
         path.write_text(json.dumps({**fields, key: value}))
         with pytest.raises(CheckpointError, match="not a valid model card"):
             read_card(path)
+    assert dataclasses.replace(card, name="digits-linf-0.100-deq2").kind == "deq2"
     with pytest.raises(ValidationError, match="does not match"):
         dataclasses.replace(card, name="digits-linf-0.3-deq")
     with pytest.raises(ValidationError, match="exceeds clean_accuracy"):
@@ -197,6 +198,13 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     assert main([*add[:4], "digits-linf-0.3-deq", *add[5:]]) == 2  # eps 0.3 vs 0.1 measured
     assert "does not match" in capsys.readouterr().err
     assert zoo.names() == [CERDEQ, DEQ]
+    assert main([*add[:4], "../digits-linf-0.1-deq", *add[5:]]) == 2
+    assert main([*add, "--force", "--wall-time", "-1"]) == 2
+    assert "is not {dataset}" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"aggregate": {}}')
+    with pytest.raises(InputError, match="lacks what deqshield writes"):
+        add_run(deq_run, DEQ, config_file="digits-conv-deq-pgdat.yaml", evaluation=tmp_path,
+                force=True)
     copy = "digits-linf-0.1-deqcopy"  # a zoo model is a run too
     assert main(["zoo", "add", f"zoo:{DEQ}", "--name", copy, *add[5:]]) == 0
     assert zoo.card(copy).sha256 == zoo.card(DEQ).sha256

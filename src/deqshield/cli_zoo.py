@@ -7,17 +7,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from deqshield.cli_args import check_options, non_negative_number
+from deqshield.cli_args import ZOO_ADD, check_options
 from deqshield.cli_errors import add_debug_flag
 from deqshield.zoo import store
-from deqshield.zoo.card import card_json
+from deqshield.zoo.cards import card_json
 from deqshield.zoo.render import percent
 
 
 def _add(args: argparse.Namespace) -> int:
     from deqshield.zoo.package import add_run
 
-    check_options(args, {"wall_time": non_negative_number})
+    check_options(args, ZOO_ADD)
     card = add_run(args.run_dir, args.name, config_file=args.config_file,
                    evaluation=args.evaluation, certification=args.certification,
                    wall_time=args.wall_time, machine=args.machine, notes=args.note,

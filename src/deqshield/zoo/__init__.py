@@ -12,7 +12,7 @@ and ``zoo show NAME`` read the cards. The zoo folder is the package's ``zoo/mode
 environment variable ``DEQSHIELD_ZOO`` names another (see :mod:`deqshield.zoo.store`).
 """
 
-from deqshield.zoo.card import Card
+from deqshield.zoo.cards import Card
 from deqshield.zoo.slices import test_slice
 from deqshield.zoo.store import card, config, load, names, root
 

@@ -22,17 +22,17 @@ import os
 import shutil
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import safetensors.torch
 import yaml
 
-from deqshield import __version__
+from deqshield import __version__, atomic
 from deqshield.config import ExperimentConfig, dump_config
 from deqshield.errors import InputError, OutputError
 from deqshield.runs import RunPath, load_run
 from deqshield.zoo import store
-from deqshield.zoo.card import Architecture, Card, Solver, Training, card_json
+from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
 from deqshield.zoo.slices import slice_predictions
 
 APGD_PREFIX = "APGD"
@@ -47,22 +47,22 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     return its card. ``config_file`` names the shipped config (``src/deqshield/configs/``)
     the retrain command uses; ``data_dir`` overrides the run's data root (the model is built
     for the shape of its test data). An existing model is replaced only with ``force``."""
+    check_name(name)
     target = store.root() / name
     if target.exists() and not force:
         raise OutputError(f"zoo model {name} exists in {store.root()}; pass --force to "
                           "replace it")
-    if not files("deqshield.configs").joinpath(config_file).is_file():
+    if not (files("deqshield") / "configs" / config_file).is_file():
         raise InputError(f"--config-file {config_file} is not a shipped config in "
                          "src/deqshield/configs/")
     if evaluation is None and certification is None:
         raise InputError("give the run's measurements: --evaluation DIR (results.json) "
                          "and/or --certification DIR (certify.json)")
     figures: dict[str, Any] = {"results": {}, "attack_budgets": {}}
-    if evaluation is not None:
-        figures = _merge(figures, evaluation_figures(_read_json(evaluation, "results.json")))
-    if certification is not None:
-        figures = _merge(figures, certification_figures(_read_json(certification,
-                                                                   "certify.json")))
+    for folder, file, read in ((evaluation, "results.json", evaluation_figures),
+                               (certification, "certify.json", certification_figures)):
+        if folder is not None:
+            figures = _merge(figures, _figures(Path(folder) / file, read))
     run = load_run(run_dir, data_dir=data_dir)
     config, model = run.config, run.model
     solver = getattr(config.model, "solver", None)
@@ -146,24 +146,31 @@ def _merge(figures: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_json(folder: Path, file: str) -> dict[str, Any]:
-    path = Path(folder) / file
+def _figures(path: Path, read: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """``read`` applied to the JSON file ``path``; :class:`InputError` if it is missing or
+    lacks what ``read`` needs."""
     try:
-        return json.loads(path.read_text())
+        return read(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise InputError(f"{folder} holds no {file}") from None
+        raise InputError(f"{path.parent} holds no {path.name}") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{path} is not valid JSON: {error}") from None
+    except (KeyError, TypeError, StopIteration) as error:
+        raise InputError(f"{path} lacks what deqshield writes there "
+                         f"({type(error).__name__}: {error})") from None
 
 
 def _publish(target: Path, contents: dict[str, bytes]) -> None:
-    """Write ``contents`` into a staging folder beside ``target``, then replace ``target``."""
+    """Write ``contents`` durably into a staging folder beside ``target``, then replace
+    ``target`` by it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     for file, data in contents.items():
-        (staging / file).write_bytes(data)
+        atomic.write_durably(staging / file, data)
+    atomic.fsync_directory(staging)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+    atomic.fsync_directory(target.parent)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from deqshield.zoo import store
-from deqshield.zoo.card import Card
+from deqshield.zoo.cards import Card
 
 HEADER = """# Model zoo
 

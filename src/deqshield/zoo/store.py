@@ -2,7 +2,7 @@
 
 A zoo model is a folder ``ROOT/NAME/`` holding ``weights.safetensors`` (the model's state
 dict), ``config.yaml`` (the experiment config of the run it came from) and ``card.json``
-(:class:`~deqshield.zoo.card.Card`). ``ROOT`` is the package's ``zoo/models/`` folder, or the
+(:class:`~deqshield.zoo.cards.Card`). ``ROOT`` is the package's ``zoo/models/`` folder, or the
 folder named by the environment variable ``DEQSHIELD_ZOO`` (read at every call, so a test or
 a user can point the zoo elsewhere).
 """
@@ -19,7 +19,7 @@ from torch import nn
 
 from deqshield.config import ExperimentConfig, load_config
 from deqshield.errors import CheckpointError, InputError
-from deqshield.zoo.card import Card, read_card
+from deqshield.zoo.cards import Card, read_card
 
 ENVIRONMENT = "DEQSHIELD_ZOO"
 PACKAGED = Path(__file__).resolve().parent / "models"

@@ -10,8 +10,9 @@ evaluate``, on ``test_images`` images); the certified accuracy from ``deqshield 
 own clean accuracy and sample count are in ``results["certify"]``.
 
 A name says dataset, threat model, radius and kind: ``mnist-linf-0.3-deq``,
-``mnist-linf-0.1-cerdeq`` (``{dataset}-{linf|l2}-{eps:g}-{kind}``, lower case); it must agree
-with the card's ``dataset``, ``threat_model`` and ``eps``.
+``mnist-linf-0.1-cerdeq`` (``{dataset}-{linf|l2}-{eps}-{kind}``, lower case); it must agree
+with the card's ``dataset``, ``threat_model`` and ``eps`` (to three significant digits, so
+8/255 may be written 0.0314).
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, TypeAdapter, ValidationError
 
 from deqshield.atomic import replace_atomically
-from deqshield.errors import CheckpointError
+from deqshield.errors import CheckpointError, InputError
 from deqshield.settings import component, settings_dict
 
 NAME_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+(?:-[a-z0-9]+)*)-(?P<threat>linf|l2)-"
                           r"(?P<eps>[0-9]+(?:\.[0-9]+)?(?:e-[0-9]+)?)-(?P<kind>[a-z0-9]+)$")
 """``{dataset}-{linf|l2}-{eps}-{kind}``."""
+
+def check_name(name: str) -> re.Match[str]:
+    """The parts of a model name; :class:`InputError` unless it follows :data:`NAME_PATTERN`
+    (the eps part must equal the card's eps to three significant digits)."""
+    match = NAME_PATTERN.match(name)
+    if match is None:
+        raise InputError(f"name {name!r} is not {{dataset}}-{{linf|l2}}-{{eps}}-{{kind}} "
+                         "(lower case, e.g. mnist-linf-0.3-deq)")
+    return match
+
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -97,12 +108,10 @@ class Card:
     slice_predictions: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
-        match = NAME_PATTERN.match(self.name)
-        if match is None:
-            raise ValueError(f"name {self.name!r} is not {{dataset}}-{{linf|l2}}-{{eps}}-{{kind}} "
-                             "(lower case, e.g. mnist-linf-0.3-deq)")
-        expected = (self.dataset, self.threat_model.lower(), self.eps)
-        if (match["dataset"], match["threat"], float(match["eps"])) != expected:
+        match = check_name(self.name)
+        if (f"{float(match['eps']):.3g}" != f"{self.eps:.3g}"
+                or (match["dataset"], match["threat"]) != (self.dataset,
+                                                           self.threat_model.lower())):
             raise ValueError(f"name {self.name!r} does not match dataset {self.dataset!r}, "
                              f"threat model {self.threat_model} and eps {self.eps:g}")
         for figure in ("autoattack_accuracy", "worst_case_accuracy", "min_over_attacks"):
