@@ -192,9 +192,10 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     assert zoo.card(DEQ).sha256 == before.sha256
     with pytest.raises(InputError, match="--evaluation"):
         add_run(deq_run, "digits-linf-0.1-other", config_file="digits-conv-deq-pgdat.yaml")
-    with pytest.raises(InputError, match="not a shipped config"):
-        add_run(deq_run, "digits-linf-0.1-other", config_file="nothing.yaml",
-                evaluation=deq_run / "evaluation")
+    for config_file in ("nothing.yaml", "../configs/digits-conv-deq-pgdat.yaml"):
+        with pytest.raises(InputError, match="not a shipped config"):
+            add_run(deq_run, "digits-linf-0.1-other", config_file=config_file,
+                    evaluation=deq_run / "evaluation")
     assert main([*add[:4], "digits-linf-0.3-deq", *add[5:]]) == 2  # eps 0.3 vs 0.1 measured
     assert "does not match" in capsys.readouterr().err
     assert zoo.names() == [CERDEQ, DEQ]

@@ -77,7 +77,14 @@ class Training:
 @component(kw_only=True)
 class Card:
     """A zoo model's card; the constructor validates every field (strict: no string for a
-    number) and the consistency of the name and the accuracies."""
+    number) and the consistency of the name and the accuracies.
+
+    ``attack_budgets``: the settings of every attack that ran, per command; ``results``:
+    further measured figures (the evaluation's best defense, min-max, APGD cells; the
+    certification's clean and PGD accuracy and soundness check). ``solver`` and
+    ``cell_evaluations_per_prediction`` (at most the solver's iteration cap) are None for an
+    explicit network. ``slice_predictions``: the labels predicted for the first 64 images of the
+    package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice."""
 
     name: str
     dataset: str

@@ -52,7 +52,8 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     if target.exists() and not force:
         raise OutputError(f"zoo model {name} exists in {store.root()}; pass --force to "
                           "replace it")
-    if not (files("deqshield") / "configs" / config_file).is_file():
+    if Path(config_file).name != config_file or not (
+            files("deqshield") / "configs" / config_file).is_file():
         raise InputError(f"--config-file {config_file} is not a shipped config in "
                          "src/deqshield/configs/")
     if evaluation is None and certification is None:
