@@ -360,8 +360,7 @@ def nothing_loaded():
     def forbidden(*args, **kwargs):
         raise AssertionError("a data set was loaded before the arguments were checked")
 
-    targets = ("deqshield.runs", "deqshield.evaluation", "deqshield.training.run",
-               "deqshield.certification")
+    targets = ("deqshield.runs", "deqshield.evaluation", "deqshield.training.run")
     with contextlib.ExitStack() as stack:
         for module in targets:
             stack.enter_context(mock.patch(f"{module}.load_dataset", forbidden))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -35,27 +35,25 @@ from deqshield.attacks.pgd import PGD
 from deqshield.certify import (CNN7, CerDEQ, CertifiableClassifier, Interval, certify,
                                input_box, propagate, unrolled_interval)
 from deqshield.atomic import replace_atomically
-from deqshield.checkpoint import best_checkpoint, load_checkpoint
-from deqshield.runs import run_config
-from deqshield.data import ArrayDataset, load_dataset
+from deqshield.data import ArrayDataset
 from deqshield.errors import InputError
 from deqshield.paths import FinalState
 from deqshield.readouts import Final
+from deqshield.runs import RunPath, load_run, output_dir, run_config
 from deqshield.training.objectives import Certified
 from deqshield.validation import INPUT_RANGE, check_eps, check_number
 
 
-def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = None,
+def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
                 limit: Optional[int] = None, eps: Optional[float] = None, pgd_steps: int = 20,
                 pgd_restarts: int = 3,
                 batch_size: int = 256, data_dir: Optional[str] = None,
                 curve_samples: int = 64, curve_iterations: int = 30, seed: int = 0
                 ) -> dict[str, Any]:
-    """Evaluate the run in ``run_dir`` and write ``certify.json``, ``certify.md`` and
-    ``bound_growth.png`` into ``out`` (default: ``run_dir``); returns the JSON content.
-    ``eps`` defaults to the certified objective's target."""
-    run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else run_dir
+    """Evaluate the run in ``run_dir`` (or ``zoo:NAME``) and write ``certify.json``,
+    ``certify.md`` and ``bound_growth.png`` into ``out`` (default: ``run_dir``); returns the
+    JSON content. ``eps`` defaults to the certified objective's target."""
+    out_dir = output_dir(run_dir, out)
     config = run_config(run_dir)
     objective = config.train.objective
     clip = objective.weights.clip if isinstance(objective, Certified) else (0.0, 1.0)
@@ -66,15 +64,12 @@ def certify_run(run_dir: Union[str, Path], *, out: Optional[Union[str, Path]] = 
     check_eps(eps, clip or INPUT_RANGE, name="eps")
     if limit is not None:
         check_number("limit", limit, minimum=1, integer=True)
-    data = load_dataset(config.data.name, "test", data_dir or config.data.root)
+    run = load_run(run_dir, data_dir=data_dir)
+    data, model, info = run.test, run.model, run.checkpoint
     if limit is not None:
         data = data.subset(range(min(limit, len(data))), f"{data.name}[:{limit}]")
-    model = config.model.build(data.input_shape, data.num_classes)
     if not isinstance(model, CertifiableClassifier):
         raise InputError(f"model {config.model.name!r} is not certifiable (cerdeq, cnn7)")
-    checkpoint = best_checkpoint(run_dir)
-    info = load_checkpoint(checkpoint or run_dir, model=model, restore_rng=False)
-    model.eval()
     attack = PGD(eps=eps, step_size=2.5 * eps / max(pgd_steps, 1), steps=pgd_steps,
                  restarts=pgd_restarts, bounds=clip or (0.0, 1.0))
     counts, samples = evaluate_certified(model, data, eps, clip, attack, batch_size, seed)

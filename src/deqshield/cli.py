@@ -12,6 +12,7 @@ from deqshield.cli_certify import add_certify_command
 from deqshield.cli_errors import OneLineParser, add_debug_flag, run_command
 from deqshield.cli_evaluate import add_evaluate_command
 from deqshield.cli_train import add_train_command
+from deqshield.cli_zoo import add_zoo_command
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_certify_command(commands)
+    add_zoo_command(commands)
     for command in commands.choices.values():
         add_debug_flag(command)
     return parser

@@ -1,7 +1,7 @@
 """Checks of command-line arguments, run before anything is loaded.
 
 Each command lists its numeric options with the rule they follow (:data:`EVALUATE`,
-:data:`TRAIN`, :data:`CERTIFY`); :func:`check_options` applies the rules from
+:data:`CERTIFY`, :data:`ZOO_ADD`); :func:`check_options` applies the rules from
 :mod:`deqshield.validation` and names the option in the error. :func:`prepare_output_dir`
 makes sure an output folder can be written and holds nothing that would be overwritten
 unasked.
@@ -41,6 +41,8 @@ CERTIFY: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "pgd_steps": positive, "pgd_restarts": positive,
     "batch_size": positive, "seed": non_negative,
 }
+
+ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number}
 
 
 def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:

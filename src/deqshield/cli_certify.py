@@ -8,21 +8,21 @@ from typing import Any
 
 from deqshield.certification import certify_run
 from deqshield.cli_args import CERTIFY, check_options, prepare_output_dir
-from deqshield.runs import run_config
+from deqshield.runs import output_dir, run_config
 
 
 def _certify(args: argparse.Namespace) -> int:
     check_options(args, CERTIFY)
     run_config(args.run_dir)
-    prepare_output_dir(args.out or args.run_dir, "--out")
-    results = certify_run(args.run_dir, out=args.out, limit=args.limit, eps=args.eps,
+    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out")
+    results = certify_run(args.run_dir, out=out, limit=args.limit, eps=args.eps,
                           pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                           batch_size=args.batch_size,
                           data_dir=args.data_dir, seed=args.seed)
     accuracy = results["accuracy"]
     print(f"clean {100 * accuracy['clean']:.2f}%  PGD {100 * accuracy['pgd']:.2f}%  "
           f"certified {100 * accuracy['certified']:.2f}% at eps {results['eps']:g}; report in "
-          f"{args.out or args.run_dir}")
+          f"{out}")
     return 0
 
 
@@ -31,9 +31,10 @@ def add_certify_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "certify", help="certified / clean / PGD accuracy of a certified-training run "
                         "(certify.json, certify.md, bound_growth.png)")
-    parser.add_argument("run_dir", type=Path, metavar="RUN",
-                        help="run directory written by deqshield train")
-    parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
+    parser.add_argument("run_dir", metavar="RUN",
+                        help="run directory written by deqshield train, or zoo:NAME")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: the run directory; required for zoo:NAME)")
     parser.add_argument("--limit", type=int, help="first N test examples (default: all)")
     parser.add_argument("--eps", type=float, help="l_inf radius (default: the run's eps)")
     parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default 20)")

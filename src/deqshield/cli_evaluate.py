@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from pathlib import Path
 
 import torch.distributed as dist
 
@@ -16,7 +15,7 @@ from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import BUDGETS, AttackBudget
 from deqshield.readouts import EntropyReduction
-from deqshield.runs import run_config
+from deqshield.runs import output_dir, run_config
 from deqshield.training.distributed import launched_by_torchrun
 from deqshield.validation import check_index
 
@@ -25,13 +24,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Check every argument, then evaluate (under ``torchrun`` each process its shard of the
     samples, merged over gloo; rank 0 prepares the output folder and writes)."""
     check_options(args, EVALUATE)
-    config = run_config(Path(args.run_dir))
+    config = run_config(args.run_dir)
+    out = output_dir(args.run_dir, args.out, "evaluation")
     if args.early_index is not None and hasattr(config.model, "solver"):
         check_index("--early-index", args.early_index, config.model.solver.max_iter)
     distributed = launched_by_torchrun()
     if not distributed or os.environ["RANK"] == "0":
-        prepare_output_dir(Path(args.out or Path(args.run_dir) / "evaluation"), "--out",
-                           force=args.force)
+        prepare_output_dir(out, "--out", force=args.force)
     if distributed:
         dist.init_process_group("gloo")
     try:
@@ -53,8 +52,8 @@ def _evaluate_here(args: argparse.Namespace) -> int:
     entropy = (EntropyReduction(interval=args.entropy_interval, steps=args.entropy_steps,
                                 step_size=args.entropy_step, eps=args.eps)
                if args.entropy else None)
-    out = Path(args.out) if args.out else None
-    results = evaluate_run(Path(args.run_dir), out, which=args.which, data_dir=args.data_dir,
+    out = output_dir(args.run_dir, args.out, "evaluation")
+    results = evaluate_run(args.run_dir, out, which=args.which, data_dir=args.data_dir,
                            solver=args.solver, eps=args.eps, early_index=args.early_index,
                            limit=args.limit, sweep=args.sweep, entropy=entropy,
                            autoattack=not args.no_autoattack, quick=args.quick,
@@ -71,7 +70,7 @@ def _evaluate_here(args: argparse.Namespace) -> int:
         print(f"min-max robust accuracy: {100 * min_max['robust_accuracy']:.2f}% "
               f"({min_max['defense']})")
     print(f"per-sample worst case: {100 * worst['robust_accuracy']:.2f}% ({worst['defense']})")
-    print(f"report: {(out or Path(args.run_dir) / 'evaluation') / 'report.md'}")
+    print(f"report: {out / 'report.md'}")
     return 0
 
 
@@ -80,8 +79,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser = subparsers.add_parser(
         "evaluate", help="white-box evaluation of a trained run: defenses x attacks, "
                          "diagnostics, results.json + report.md + plots")
-    parser.add_argument("run_dir", metavar="RUN", help="run directory written by `deqshield train`")
-    parser.add_argument("--out", help="output folder (default: RUN/evaluation)")
+    parser.add_argument("run_dir", metavar="RUN",
+                        help="run directory written by `deqshield train`, or zoo:NAME")
+    parser.add_argument("--out", help="output folder (default: RUN/evaluation; required for zoo:NAME)")
     parser.add_argument("--force", action="store_true",
                         help="write into an output folder that already holds files")
     parser.add_argument("--which", choices=("best", "latest"), default="best",

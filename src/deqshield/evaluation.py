@@ -48,7 +48,7 @@ from deqshield.protocol.standard import (
     standard_protocol,
 )
 from deqshield.readouts import EntropyReduction
-from deqshield.runs import load_run
+from deqshield.runs import RunPath, load_run, output_dir
 from deqshield.solvers import Anderson, Broyden, Picard
 from deqshield.validation import check_eps, check_index, check_number
 
@@ -157,10 +157,11 @@ def _plots(results: dict[str, Any], diagnostics: dict[str, Any], out_dir: Path) 
     return [figure.name for figure in figures]
 
 
-def evaluate_run(run_dir: Path, out_dir: Optional[Path] = None, *,
+def evaluate_run(run_dir: RunPath, out_dir: Optional[Path] = None, *,
                  which: Literal["best", "latest"] = "best", data_dir: Optional[str] = None,
                  solver: Optional[str] = None, **options: Any) -> dict[str, Any]:
-    """Load a run written by ``deqshield train`` and evaluate it (see :func:`evaluate_model`).
+    """Load a run written by ``deqshield train`` (or ``zoo:NAME``) and evaluate it (see
+    :func:`evaluate_model`) into ``out_dir`` (default: ``run_dir/evaluation``).
     ``solver`` swaps the test-time solver (same ``max_iter`` and ``tol``), e.g. ``broyden``
     to enable the simultaneous-adjoint attacks."""
     run = load_run(run_dir, which=which, data_dir=data_dir)
@@ -175,5 +176,5 @@ def evaluate_run(run_dir: Path, out_dir: Optional[Path] = None, *,
             "step": run.checkpoint.step, "model": run.config.model.name}
     if isinstance(model, DEQClassifier):
         meta["solver"] = model.deq.solver.name
-    return evaluate_model(model, run.test, dev, out_dir or Path(run_dir) / "evaluation",
+    return evaluate_model(model, run.test, dev, output_dir(run_dir, out_dir, "evaluation"),
                           meta=meta, **options)

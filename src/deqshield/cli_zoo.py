@@ -1,0 +1,79 @@
+"""``deqshield zoo add|list|show``: package a run as a zoo model and read the zoo's cards
+(thin over :mod:`deqshield.zoo`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from deqshield.cli_args import ZOO_ADD, check_options
+from deqshield.cli_errors import add_debug_flag
+from deqshield.zoo import store
+from deqshield.zoo.cards import card_json
+from deqshield.zoo.render import percent
+
+
+def _add(args: argparse.Namespace) -> int:
+    from deqshield.zoo.package import add_run
+
+    check_options(args, ZOO_ADD)
+    card = add_run(args.run_dir, args.name, config_file=args.config_file,
+                   evaluation=args.evaluation, certification=args.certification,
+                   wall_time=args.wall_time, machine=args.machine, notes=args.note,
+                   evaluate_command=args.evaluate_command, data_dir=args.data_dir,
+                   force=args.force)
+    print(f"added {card.name} to {store.root()} (sha256 {card.sha256[:12]}...); "
+          "regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name in store.names():
+        card = store.card(name)
+        robust = (f"certified {percent(card.certified_accuracy)}%"
+                  if card.certified_accuracy is not None
+                  else f"worst case {percent(card.worst_case_accuracy)}%")
+        print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
+              f"clean {percent(card.clean_accuracy)}%  {robust}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    print(card_json(store.card(args.name)), end="")
+    return 0
+
+
+def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``zoo`` command (``add``, ``list``, ``show``) to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "zoo", help="the model zoo: package a run (add), list the models, show a card")
+    commands = parser.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    add = commands.add_parser("add", help="package a finished run as a zoo model")
+    add.add_argument("run_dir", metavar="RUN", help="run directory written by deqshield train")
+    add.add_argument("--name", required=True,
+                     help="model name {dataset}-{linf|l2}-{eps}-{kind}, e.g. mnist-linf-0.3-deq")
+    add.add_argument("--config-file", required=True,
+                     help="the shipped config the run was trained with (a file name in "
+                          "src/deqshield/configs/), for the retrain command")
+    add.add_argument("--evaluation", type=Path,
+                     help="folder with the run's results.json (deqshield evaluate)")
+    add.add_argument("--certification", type=Path,
+                     help="folder with the run's certify.json (deqshield certify)")
+    add.add_argument("--evaluate-command", default="",
+                     help="the command that produced the evaluation (free text)")
+    add.add_argument("--wall-time", type=float, help="training wall time in seconds")
+    add.add_argument("--machine", default="", help="the machine it was trained on (free text)")
+    add.add_argument("--note", action="append", default=[], help="a note for the card "
+                     "(repeatable)")
+    add.add_argument("--data-dir", help="data directory (overrides the run's data root)")
+    add.add_argument("--force", action="store_true", help="replace an existing zoo model")
+    add.set_defaults(run=_add)
+    listing = commands.add_parser("list", help="one line per zoo model")
+    listing.set_defaults(run=_list)
+    show = commands.add_parser("show", help="a zoo model's card as indented JSON")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(run=_show)
+    for command in (add, listing, show):
+        add_debug_flag(command)
+    return parser

@@ -1,0 +1,164 @@
+"""The model card of a zoo model (``card.json``): how the model was trained and evaluated.
+
+RobustBench's model-info record (dataset, threat model, eps, clean and AutoAttack accuracy,
+architecture, parameters) plus what a DEQ needs besides: the per-sample white-box worst case
+over the full protocol, the min over attacks, the certified accuracy, the solver and its cell
+evaluations per prediction, and the commands that retrain and re-evaluate the model.
+Accuracies are fractions in [0, 1]; a figure that was not measured is ``null``. The clean,
+AutoAttack, worst-case and min-over-attacks figures come from one evaluation (``deqshield
+evaluate``, on ``test_images`` images); the certified accuracy from ``deqshield certify``, whose
+own clean accuracy and sample count are in ``results["certify"]``.
+
+A name says dataset, threat model, radius and kind: ``mnist-linf-0.3-deq``,
+``mnist-linf-0.1-cerdeq`` (``{dataset}-{linf|l2}-{eps}-{kind}``, lower case); it must agree
+with the card's ``dataset``, ``threat_model`` and ``eps`` (to three significant digits, so
+8/255 may be written 0.0314).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from deqshield.atomic import replace_atomically
+from deqshield.errors import CheckpointError, InputError
+from deqshield.settings import component, settings_dict
+
+NAME_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+(?:-[a-z0-9]+)*)-(?P<threat>linf|l2)-"
+                          r"(?P<eps>[0-9]+(?:\.[0-9]+)?(?:e-[0-9]+)?)-(?P<kind>[a-z0-9]+)$")
+"""``{dataset}-{linf|l2}-{eps}-{kind}``."""
+
+def check_name(name: str) -> re.Match[str]:
+    """The parts of a model name; :class:`InputError` unless it follows :data:`NAME_PATTERN`
+    (the eps part must equal the card's eps to three significant digits)."""
+    match = NAME_PATTERN.match(name)
+    if match is None:
+        raise InputError(f"name {name!r} is not {{dataset}}-{{linf|l2}}-{{eps}}-{{kind}} "
+                         "(lower case, e.g. mnist-linf-0.3-deq)")
+    return match
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+@component
+class Architecture:
+    """The model: its config name (``conv-deq``, ``cerdeq``, ...) and a short description."""
+
+    model: str
+    description: str
+
+
+@component
+class Solver:
+    """The forward solver of a DEQ: name, iteration cap and tolerance."""
+
+    name: str
+    max_iter: Annotated[int, Field(ge=1)]
+    tol: Annotated[float, Field(ge=0)]
+
+
+@component
+class Training:
+    """The recipe: the shipped config it was trained with (``src/deqshield/configs/``; the
+    config itself is the model's ``config.yaml``), the objective's name, and the checkpoint
+    (step, epoch) that was packaged."""
+
+    config_file: str
+    objective: str
+    step: Annotated[int, Field(ge=0)]
+    epoch: Annotated[int, Field(ge=0)]
+
+
+@component(kw_only=True)
+class Card:
+    """A zoo model's card; the constructor validates every field (strict: no string for a
+    number) and the consistency of the name and the accuracies.
+
+    ``attack_budgets``: the settings of every attack that ran, per command; ``results``:
+    further measured figures (the evaluation's best defense, min-max, APGD cells; the
+    certification's clean and PGD accuracy and soundness check). ``solver`` and
+    ``cell_evaluations_per_prediction`` (at most the solver's iteration cap) are None for an
+    explicit network. ``slice_predictions``: the labels predicted for the first 64 images of the
+    package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice."""
+
+    name: str
+    dataset: str
+    threat_model: Literal["Linf", "L2"]
+    eps: Annotated[float, Field(gt=0)]
+    input_shape: tuple[int, int, int]
+    num_classes: Annotated[int, Field(ge=2)]
+    architecture: Architecture
+    parameters: Annotated[int, Field(ge=1)]
+    clean_accuracy: Fraction
+    autoattack_accuracy: Optional[Fraction] = None
+    worst_case_accuracy: Optional[Fraction] = None
+    min_over_attacks: Optional[Fraction] = None
+    certified_accuracy: Optional[Fraction] = None
+    test_images: Annotated[int, Field(ge=1)]
+    attack_budgets: dict[str, Any] = Field(default_factory=dict)
+    solver: Optional[Solver] = None
+    cell_evaluations_per_prediction: Optional[Annotated[int, Field(ge=1)]] = None
+    training: Training
+    training_wall_time_seconds: Optional[Annotated[float, Field(ge=0)]] = None
+    training_machine: str = ""
+    deqshield_version: str
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    retrain_command: str
+    evaluate_command: str = ""
+    notes: tuple[str, ...] = ()
+    results: dict[str, Any] = Field(default_factory=dict)
+    slice_predictions: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        match = check_name(self.name)
+        if (f"{float(match['eps']):.3g}" != f"{self.eps:.3g}"
+                or (match["dataset"], match["threat"]) != (self.dataset,
+                                                           self.threat_model.lower())):
+            raise ValueError(f"name {self.name!r} does not match dataset {self.dataset!r}, "
+                             f"threat model {self.threat_model} and eps {self.eps:g}")
+        for figure in ("autoattack_accuracy", "worst_case_accuracy", "min_over_attacks"):
+            value = getattr(self, figure)
+            if value is not None and value > self.clean_accuracy:
+                raise ValueError(f"{figure} {value} exceeds clean_accuracy "
+                                 f"{self.clean_accuracy}")
+        if (self.worst_case_accuracy is not None and self.min_over_attacks is not None
+                and self.worst_case_accuracy > self.min_over_attacks):
+            raise ValueError("worst_case_accuracy exceeds min_over_attacks")
+        if self.slice_predictions is not None and not all(
+                0 <= label < self.num_classes for label in self.slice_predictions):
+            raise ValueError(f"slice_predictions must be labels in [0, {self.num_classes})")
+
+    @property
+    def kind(self) -> str:
+        """The last part of the name: ``deq``, ``cnn``, ``cerdeq``, ..."""
+        return self.name.rsplit("-", 1)[1]
+
+
+_ADAPTER = TypeAdapter(Card)
+
+
+def read_card(path: Path) -> Card:
+    """Read and validate ``card.json``; raises :class:`CheckpointError` naming every problem."""
+    try:
+        return _ADAPTER.validate_json(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'card'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in error.errors())
+        raise CheckpointError(f"{path} is not a valid model card: {problems}") from None
+
+
+def card_json(card: Card) -> str:
+    """The card as indented JSON (what ``card.json`` holds and ``zoo show`` prints)."""
+    return json.dumps(settings_dict(card), indent=2) + "\n"
+
+
+def write_card(path: Path, card: Card) -> Path:
+    """Write ``card.json`` atomically."""
+    return replace_atomically(Path(path), card_json(card))

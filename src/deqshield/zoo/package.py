@@ -1,0 +1,177 @@
+"""``deqshield zoo add``: package a finished run as a zoo model.
+
+The run's best checkpoint (latest if it has none) is loaded into its model with deqshield's
+checkpoint loader and the model's state dict is written as ``weights.safetensors``, beside the
+run's ``config.yaml`` and a ``card.json`` filled from the run and its measurements:
+
+* from ``results.json`` of ``deqshield evaluate`` (docs/results-schema.md), the row of the
+  defense the evaluation reports as best in ``aggregate.worst_case.defense``: its
+  ``clean_accuracy``, ``worst_case_accuracy``, ``min_over_attacks`` and, as the AutoAttack
+  accuracy, the lowest of its APGD cells (columns whose label starts with ``APGD``);
+* from ``certify.json`` of ``deqshield certify``: ``accuracy.certified`` (and its clean and PGD
+  accuracy, ``samples`` and ``certified_broken_by_pgd`` under ``results["certify"]``).
+
+At least one of the two is needed. The model folder is written in a staging folder and renamed
+into place, so a failed packaging leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import safetensors.torch
+import yaml
+
+from deqshield import __version__, atomic
+from deqshield.config import ExperimentConfig, dump_config
+from deqshield.errors import InputError, OutputError
+from deqshield.runs import RunPath, load_run
+from deqshield.zoo import store
+from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
+from deqshield.zoo.slices import slice_predictions
+
+APGD_PREFIX = "APGD"
+
+
+def add_run(run_dir: RunPath, name: str, *, config_file: str,
+            evaluation: Optional[Path] = None, certification: Optional[Path] = None,
+            wall_time: Optional[float] = None, machine: str = "",
+            notes: Sequence[str] = (), evaluate_command: str = "",
+            data_dir: Optional[str] = None, force: bool = False) -> Card:
+    """Package the run in ``run_dir`` as zoo model ``name`` (see the module docstring) and
+    return its card. ``config_file`` names the shipped config (``src/deqshield/configs/``)
+    the retrain command uses; ``data_dir`` overrides the run's data root (the model is built
+    for the shape of its test data). An existing model is replaced only with ``force``."""
+    check_name(name)
+    target = store.root() / name
+    if target.exists() and not force:
+        raise OutputError(f"zoo model {name} exists in {store.root()}; pass --force to "
+                          "replace it")
+    if Path(config_file).name != config_file or not (
+            files("deqshield") / "configs" / config_file).is_file():
+        raise InputError(f"--config-file {config_file} is not a shipped config in "
+                         "src/deqshield/configs/")
+    if evaluation is None and certification is None:
+        raise InputError("give the run's measurements: --evaluation DIR (results.json) "
+                         "and/or --certification DIR (certify.json)")
+    figures: dict[str, Any] = {"results": {}, "attack_budgets": {}}
+    for folder, file, read in ((evaluation, "results.json", evaluation_figures),
+                               (certification, "certify.json", certification_figures)):
+        if folder is not None:
+            figures = _merge(figures, _figures(Path(folder) / file, read))
+    run = load_run(run_dir, data_dir=data_dir)
+    config, model = run.config, run.model
+    solver = getattr(config.model, "solver", None)
+    weights = safetensors.torch.save({key: value.detach().cpu().contiguous()
+                                      for key, value in model.state_dict().items()})
+    card = Card(
+        name=name, dataset=config.data.name, threat_model="Linf",
+        input_shape=run.test.input_shape, num_classes=run.test.num_classes,
+        architecture=Architecture(model=config.model.name, description=describe(config)),
+        parameters=sum(p.numel() for p in model.parameters()),
+        solver=(Solver(name=solver.name, max_iter=solver.max_iter, tol=solver.tol)
+                if solver is not None else None),
+        cell_evaluations_per_prediction=solver.max_iter if solver is not None else None,
+        training=Training(config_file=config_file, objective=config.train.objective.name,
+                          step=run.checkpoint.step, epoch=run.checkpoint.epoch),
+        training_wall_time_seconds=wall_time, training_machine=machine,
+        deqshield_version=__version__, sha256=store.sha256_of_bytes(weights),
+        retrain_command=(f"deqshield train src/deqshield/configs/{config_file} "
+                         f"--out runs/{name} --data-dir DATA"),
+        evaluate_command=evaluate_command, notes=tuple(notes),
+        slice_predictions=slice_predictions(model, config.data.name), **figures)
+    _publish(target, {store.WEIGHTS: weights,
+                      store.CONFIG: yaml.safe_dump(dump_config(config), sort_keys=False).encode(),
+                      store.CARD: card_json(card).encode()})
+    return card
+
+
+def evaluation_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """Card fields from ``results.json``: the best defense's row (see the module docstring)."""
+    best = results["aggregate"]["worst_case"]["defense"]
+    row = next(entry for entry in results["defenses"] if entry["label"] == best)
+    apgd = {cell["attack"]: cell["robust_accuracy"] for cell in row["cells"]
+            if cell["attack"].startswith(APGD_PREFIX)}
+    measured = [value for value in apgd.values() if value is not None]
+    return {
+        "eps": results["protocol"]["eps"], "test_images": results["samples"],
+        "clean_accuracy": row["clean_accuracy"],
+        "worst_case_accuracy": row["worst_case_accuracy"],
+        "min_over_attacks": row["min_over_attacks"],
+        "autoattack_accuracy": min(measured) if measured else None,
+        "attack_budgets": {"evaluate": {attack["label"]: attack["attack"]
+                                        for attack in results["attacks"]}},
+        "results": {"evaluate": {"defense": best, "min_max": results["aggregate"]["min_max"],
+                                 "apgd": apgd}},
+    }
+
+
+def certification_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """Card fields from ``certify.json``; its clean accuracy and sample count fill the card's
+    only where no evaluation was given."""
+    accuracy = results["accuracy"]
+    return {
+        "eps": results["eps"], "test_images": results["samples"],
+        "clean_accuracy": accuracy["clean"], "certified_accuracy": accuracy["certified"],
+        "attack_budgets": {"certify": {"attack": results["attack"]}},
+        "results": {"certify": {"clean_accuracy": accuracy["clean"],
+                                "pgd_accuracy": accuracy["pgd"],
+                                "samples": results["samples"],
+                                "certified_broken_by_pgd": results["certified_broken_by_pgd"]}},
+    }
+
+
+def describe(config: ExperimentConfig) -> str:
+    """A short description of the model: its name and scalar settings."""
+    settings = dump_config(config)["model"]
+    details = ", ".join(f"{key} {value}" for key, value in settings.items()
+                        if key != "name" and not isinstance(value, dict))
+    solver = settings.get("solver")
+    solver_text = f", {solver['name']} solver" if isinstance(solver, dict) else ""
+    return f"{settings['name']} ({details}{solver_text})"
+
+
+def _merge(figures: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``figures`` with ``more`` added: the first source's scalars win, and both agree on eps."""
+    if "eps" in figures and figures["eps"] != more["eps"]:
+        raise InputError(f"the evaluation (eps {figures['eps']:g}) and the certification "
+                         f"(eps {more['eps']:g}) are at different radii")
+    merged = {**more, **figures}
+    for mapping in ("results", "attack_budgets"):
+        merged[mapping] = {**figures[mapping], **more[mapping]}
+    return merged
+
+
+def _figures(path: Path, read: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """``read`` applied to the JSON file ``path``; :class:`InputError` if it is missing or
+    lacks what ``read`` needs."""
+    try:
+        return read(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path.parent} holds no {path.name}") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path} is not valid JSON: {error}") from None
+    except (KeyError, TypeError, StopIteration) as error:
+        raise InputError(f"{path} lacks what deqshield writes there "
+                         f"({type(error).__name__}: {error})") from None
+
+
+def _publish(target: Path, contents: dict[str, bytes]) -> None:
+    """Write ``contents`` durably into a staging folder beside ``target``, then replace
+    ``target`` by it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for file, data in contents.items():
+        atomic.write_durably(staging / file, data)
+    atomic.fsync_directory(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    atomic.fsync_directory(target.parent)

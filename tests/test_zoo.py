@@ -1,0 +1,311 @@
+"""The model zoo: ``zoo add`` packages tiny digits runs into a temporary zoo (``DEQSHIELD_ZOO``),
+which is then loaded, listed, shown, evaluated and certified as ``zoo:NAME``; every model shipped
+in the package is checked against its card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from deqshield import zoo
+from deqshield.certification import certify_run
+from deqshield.cli import main
+from deqshield.config import parse_config
+from deqshield.errors import CheckpointError, DataError, InputError
+from deqshield.evaluation import evaluate_run
+from deqshield.runs import load_run
+from deqshield.training.run import train
+from deqshield.zoo import slices, store
+from deqshield.zoo.cards import card_json, read_card
+from deqshield.zoo.package import add_run
+from deqshield.zoo.render import render
+
+DEQ = "digits-linf-0.1-deq"
+CERDEQ = "digits-linf-0.005-cerdeq"
+DEQ_CONFIG = {
+    "data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 96},
+    "model": {"name": "conv-deq", "channels": 4, "downsample": 1, "pool": 2,
+              "solver": {"name": "broyden", "max_iter": 4, "tol": 1e-4}},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3,
+              "selection": {"metric": "clean", "limit": 16}},
+}
+CERDEQ_CONFIG = {
+    "data": {"name": "digits", "limit_train": 256},
+    "model": {"name": "cerdeq", "input_shape": [1, 8, 8], "conv_channels": [4],
+              "linear_width": 16},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 5e-3, "grad_clip": 10.0,
+              "objective": {"name": "certified",
+                            "schedule": {"target": 0.02, "start": 1, "length": 3}},
+              "selection": {"metric": "certified", "limit": 64}},
+}
+
+
+@pytest.fixture(scope="module")
+def deq_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("deq")
+    train(parse_config(DEQ_CONFIG), run, progress=False)
+    evaluate_run(run, run / "evaluation", eps=0.1, limit=6, quick=True, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def cerdeq_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cerdeq")
+    train(parse_config(CERDEQ_CONFIG), run, progress=False)
+    certify_run(run, limit=32, eps=0.005, pgd_steps=5, pgd_restarts=1)
+    return run
+
+
+@pytest.fixture(scope="module")
+def zoo_root(deq_run, cerdeq_run, tmp_path_factory):
+    """A temporary zoo holding the two runs, packaged through the command line."""
+    root = tmp_path_factory.mktemp("zoo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(store.ENVIRONMENT, str(root))
+        assert main(["zoo", "add", str(deq_run), "--name", DEQ,
+                     "--config-file", "digits-conv-deq-pgdat.yaml",
+                     "--evaluation", str(deq_run / "evaluation"), "--wall-time", "12.5",
+                     "--machine", "test machine", "--note", "tiny", "--note", "digits",
+                     "--evaluate-command", "deqshield evaluate zoo:x --eps 0.1"]) == 0
+        assert main(["zoo", "add", str(cerdeq_run), "--name", CERDEQ,
+                     "--config-file", "mnist-cerdeq-eps0.1.yaml",
+                     "--certification", str(cerdeq_run)]) == 0
+    return root
+
+
+@pytest.fixture
+def in_zoo(zoo_root, monkeypatch):
+    monkeypatch.setenv(store.ENVIRONMENT, str(zoo_root))
+    return zoo_root
+
+
+def assert_matches_card(name: str) -> None:
+    """What is checked of every shipped model: it loads (sha256 verified), its card validates
+    and its clean predictions on the package's test slice are the ones the card records."""
+    model, card = zoo.load(name)
+    assert card.name == name
+    assert store.sha256_of_bytes((store.root() / name / store.WEIGHTS).read_bytes()) == card.sha256
+    if card.dataset in slices.SLICES:
+        assert slices.slice_predictions(model, card.dataset) == card.slice_predictions
+
+
+def test_every_shipped_model_loads_and_matches_its_card(monkeypatch):
+    monkeypatch.delenv(store.ENVIRONMENT, raising=False)
+    assert store.root() == store.PACKAGED
+    for name in zoo.names():
+        assert_matches_card(name)
+
+
+def test_packaged_cards_record_the_run_and_its_measurements(in_zoo, deq_run, cerdeq_run):
+    assert zoo.names() == [CERDEQ, DEQ]
+    card = zoo.card(DEQ)
+    results = json.loads((deq_run / "evaluation" / "results.json").read_text())
+    best = results["aggregate"]["worst_case"]["defense"]
+    row = next(entry for entry in results["defenses"] if entry["label"] == best)
+    assert (card.clean_accuracy, card.worst_case_accuracy, card.min_over_attacks) == (
+        row["clean_accuracy"], row["worst_case_accuracy"], row["min_over_attacks"])
+    apgd = [cell["robust_accuracy"] for cell in row["cells"] if cell["attack"].startswith("APGD")]
+    assert apgd and card.autoattack_accuracy == min(apgd)
+    assert card.results["evaluate"]["defense"] == best and card.test_images == 6
+    assert card.solver is not None and card.solver.name == "broyden"
+    assert card.cell_evaluations_per_prediction == 4 and card.certified_accuracy is None
+    assert card.training.objective == "standard" and card.training_wall_time_seconds == 12.5
+    assert card.notes == ("tiny", "digits") and card.training_machine == "test machine"
+    assert card.retrain_command == ("deqshield train src/deqshield/configs/"
+                                    f"digits-conv-deq-pgdat.yaml --out runs/{DEQ} --data-dir DATA")
+    assert card.slice_predictions is None  # digits has no shipped slice
+    certified = zoo.card(CERDEQ)
+    report = json.loads((cerdeq_run / "certify.json").read_text())
+    assert certified.certified_accuracy == report["accuracy"]["certified"]
+    assert certified.clean_accuracy == report["accuracy"]["clean"]
+    assert certified.results["certify"]["certified_broken_by_pgd"] == 0
+    assert certified.test_images == 32 and certified.solver is None
+    for name in zoo.names():
+        assert_matches_card(name)
+
+
+def test_loaded_model_reproduces_the_runs_predictions(in_zoo, deq_run):
+    model, card = zoo.load(DEQ)
+    run = load_run(deq_run)
+    x = run.test.images[:16]
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), run.model(x).argmax(1))
+    assert not model.training and card.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_tampered_weights_are_refused(in_zoo, tmp_path, monkeypatch):
+    copy = tmp_path / "zoo"
+    shutil.copytree(in_zoo, copy)
+    monkeypatch.setenv(store.ENVIRONMENT, str(copy))
+    weights = copy / DEQ / store.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        zoo.load(DEQ)
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(tmp_path / "out"), "--eps", "0.1"]) == 2
+
+
+def test_unknown_names_are_refused_with_the_known_ones(in_zoo, capsys):
+    with pytest.raises(InputError, match=f"known: {CERDEQ}, {DEQ}"):
+        zoo.load("mnist-linf-0.3-nothing")
+    assert main(["zoo", "show", "nothing"]) == 2
+    assert main(["certify", "zoo:nothing", "--out", "x"]) == 2
+    assert capsys.readouterr().err.count("no zoo model named") == 2
+
+
+def test_card_validation(in_zoo, tmp_path):
+    card = zoo.card(DEQ)
+    fields = json.loads(card_json(card))
+    (tmp_path / "card.json").write_text(json.dumps(fields))
+    assert read_card(tmp_path / "card.json") == card
+    bad = {"name": "digits-0.1-deq", "eps": 0.2, "worst_case_accuracy": 1.0, "sha256": "abc",
+           "clean_accuracy": "0.5"}
+    for key, value in bad.items():
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps({**fields, key: value}))
+        with pytest.raises(CheckpointError, match="not a valid model card"):
+            read_card(path)
+    assert dataclasses.replace(card, name="digits-linf-0.100-deq2").kind == "deq2"
+    with pytest.raises(ValidationError, match="does not match"):
+        dataclasses.replace(card, name="digits-linf-0.3-deq")
+    with pytest.raises(ValidationError, match="exceeds clean_accuracy"):
+        dataclasses.replace(card, min_over_attacks=card.clean_accuracy + 0.01)
+
+
+def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp_path,
+                                                            monkeypatch, capsys):
+    shutil.copytree(in_zoo, tmp_path / "zoo")
+    monkeypatch.setenv(store.ENVIRONMENT, str(tmp_path / "zoo"))
+    add = ["zoo", "add", str(deq_run), "--name", DEQ, "--config-file",
+           "digits-conv-deq-pgdat.yaml", "--evaluation", str(deq_run / "evaluation")]
+    assert main(add) == 2
+    assert "--force" in capsys.readouterr().err
+    before = zoo.card(DEQ)
+    assert main([*add, "--force"]) == 0
+    assert zoo.card(DEQ).sha256 == before.sha256
+    with pytest.raises(InputError, match="--evaluation"):
+        add_run(deq_run, "digits-linf-0.1-other", config_file="digits-conv-deq-pgdat.yaml")
+    for config_file in ("nothing.yaml", "../configs/digits-conv-deq-pgdat.yaml"):
+        with pytest.raises(InputError, match="not a shipped config"):
+            add_run(deq_run, "digits-linf-0.1-other", config_file=config_file,
+                    evaluation=deq_run / "evaluation")
+    assert main([*add[:4], "digits-linf-0.3-deq", *add[5:]]) == 2  # eps 0.3 vs 0.1 measured
+    assert "does not match" in capsys.readouterr().err
+    assert zoo.names() == [CERDEQ, DEQ]
+    assert main([*add[:4], "../digits-linf-0.1-deq", *add[5:]]) == 2
+    assert main([*add, "--force", "--wall-time", "-1"]) == 2
+    assert "is not {dataset}" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"aggregate": {}}')
+    with pytest.raises(InputError, match="lacks what deqshield writes"):
+        add_run(deq_run, DEQ, config_file="digits-conv-deq-pgdat.yaml", evaluation=tmp_path,
+                force=True)
+    copy = "digits-linf-0.1-deqcopy"  # a zoo model is a run too
+    assert main(["zoo", "add", f"zoo:{DEQ}", "--name", copy, *add[5:]]) == 0
+    assert zoo.card(copy).sha256 == zoo.card(DEQ).sha256
+
+
+def test_zoo_list_and_show(in_zoo, capsys):
+    assert main(["zoo", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    deq, cerdeq = zoo.card(DEQ), zoo.card(CERDEQ)
+    assert lines == [
+        f"{CERDEQ}  digits  eps 0.005  cerdeq  clean {100 * cerdeq.clean_accuracy:.1f}%  "
+        f"certified {100 * cerdeq.certified_accuracy:.1f}%",
+        f"{DEQ}  digits  eps 0.1  deq  clean {100 * deq.clean_accuracy:.1f}%  "
+        f"worst case {100 * deq.worst_case_accuracy:.1f}%"]
+    assert main(["zoo", "show", DEQ]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == deq.sha256
+
+
+def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
+                 "--no-autoattack", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["samples"] == 4 and results["meta"]["run"] == f"zoo:{DEQ}"
+    assert results["meta"]["checkpoint"] == str(in_zoo / DEQ / store.WEIGHTS)
+    assert main(["evaluate", f"zoo:{DEQ}", "--eps", "0.1"]) == 2
+    assert "pass --out" in capsys.readouterr().err
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(tmp_path / "latest"), "--eps", "0.1",
+                 "--which", "latest"]) == 2
+    assert "does not apply" in capsys.readouterr().err
+    assert sorted(path.name for path in (in_zoo / DEQ).iterdir()) == [
+        "card.json", "config.yaml", "weights.safetensors"]
+
+
+def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run, tmp_path,
+                                                               capsys):
+    assert main(["certify", f"zoo:{CERDEQ}", "--out", str(tmp_path), "--limit", "32",
+                 "--eps", "0.005", "--pgd-steps", "5", "--pgd-restarts", "1"]) == 0
+    ours = json.loads((tmp_path / "certify.json").read_text())
+    theirs = json.loads((cerdeq_run / "certify.json").read_text())
+    assert ours["accuracy"] == theirs["accuracy"] and ours["step"] == theirs["step"]
+    assert main(["certify", f"zoo:{CERDEQ}"]) == 2
+    assert "pass --out" in capsys.readouterr().err
+    assert main(["certify", f"zoo:{DEQ}", "--out", str(tmp_path), "--eps", "0.1"]) == 2
+    assert "not certifiable" in capsys.readouterr().err
+
+
+def test_render_lists_every_model_with_its_commands(in_zoo):
+    text = render()
+    assert f"| `{DEQ}` | digits | Linf | 0.1 | deq |" in text
+    assert "| 12 s |" in text and "test machine" in text
+    assert zoo.card(CERDEQ).retrain_command in text
+    assert "deqshield evaluate zoo:x --eps 0.1" in text
+
+
+def test_docs_zoo_is_current(monkeypatch):
+    monkeypatch.delenv(store.ENVIRONMENT, raising=False)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
+    assert docs.read_text() == render(), \
+        "regenerate: python -m deqshield.zoo.render > docs/zoo.md"
+
+
+def test_mnist_slice_is_the_start_of_the_official_test_set(monkeypatch):
+    data = zoo.test_slice("mnist")
+    assert data.images.shape == (256, 1, 28, 28) and data.images.dtype == torch.float32
+    assert 0 <= data.images.min() and data.images.max() == 1
+    assert data.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert (slices.DATA / slices.SLICES["mnist"][0]).stat().st_size < 300_000
+    with pytest.raises(InputError, match="no test slice"):
+        zoo.test_slice("cifar10")
+    monkeypatch.setitem(slices.SLICES, "mnist", (slices.SLICES["mnist"][0], "0" * 64))
+    with pytest.raises(DataError, match="sha256"):
+        zoo.test_slice("mnist")
+
+
+def test_slice_predictions_of_an_mnist_model_are_checked(in_zoo, tmp_path, monkeypatch):
+    """The shipped-model check on an MNIST-shaped model packaged by hand (the tests have no
+    MNIST run to package): matching predictions pass, altered ones fail."""
+    config = parse_config({**DEQ_CONFIG, "data": {"name": "mnist"}})
+    torch.manual_seed(0)
+    model = config.model.build((1, 28, 28), 10).eval()
+    predictions = slices.slice_predictions(model, "mnist")
+    assert predictions is not None and len(predictions) == slices.PREDICTED
+    folder = tmp_path / "mnist-linf-0.1-deq"
+    folder.mkdir()
+    import safetensors.torch
+    import yaml
+
+    from deqshield.config import dump_config
+
+    (folder / store.WEIGHTS).write_bytes(safetensors.torch.save(model.state_dict()))
+    (folder / store.CONFIG).write_text(yaml.safe_dump(dump_config(config)))
+    fields = json.loads(card_json(zoo.card(DEQ)))
+    fields.update(name=folder.name, dataset="mnist", input_shape=[1, 28, 28],
+                  sha256=store.sha256_of_bytes((folder / store.WEIGHTS).read_bytes()),
+                  slice_predictions=list(predictions))
+    (folder / store.CARD).write_text(json.dumps(fields))
+    monkeypatch.setenv(store.ENVIRONMENT, str(tmp_path))
+    assert_matches_card(folder.name)
+    fields["slice_predictions"] = [(label + 1) % 10 for label in predictions]
+    (folder / store.CARD).write_text(json.dumps(fields))
+    with pytest.raises(AssertionError):
+        assert_matches_card(folder.name)
