@@ -10,12 +10,13 @@ import os
 import torch.distributed as dist
 
 from deqshield.cli_args import EVALUATE, check_options, prepare_output_dir
-from deqshield.evaluation import SOLVERS, evaluate_run
+from deqshield.evaluation import evaluate_run
 from deqshield.protocol.sharding import current_shard
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import BUDGETS, AttackBudget
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import output_dir, run_config
+from deqshield.solvers import SOLVER_NAMES
 from deqshield.training.distributed import launched_by_torchrun
 from deqshield.validation import check_index
 
@@ -91,7 +92,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
     parser.add_argument("--early-index", type=int,
                         help="early-state index (default: chosen on the dev split)")
-    parser.add_argument("--solver", choices=sorted(SOLVERS),
+    parser.add_argument("--solver", choices=SOLVER_NAMES,
                         help="test-time solver (same max_iter/tol); broyden enables the "
                              "simultaneous-adjoint attacks")
     parser.add_argument("--sweep", action="store_true",

@@ -49,17 +49,16 @@ from deqshield.protocol.standard import (
 )
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import RunPath, load_run, output_dir
-from deqshield.solvers import Anderson, Broyden, Picard
+from deqshield.solvers import solver_named
 from deqshield.validation import check_eps, check_index, check_number
 
-SOLVERS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
 
 def _first(data: Dataset, count: Optional[int]) -> Dataset:
     return data if count is None else Subset(data, range(min(count, len(data))))
 
 
-def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path, *,
+def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_dir: Path, *,
                    eps: float, early_index: Optional[int] = None, limit: Optional[int] = None,
                    sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
@@ -94,6 +93,9 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Dataset, out_dir: Path,
     scores: dict[int, float] = {}
     if early_index is not None:
         check_index("early_index", early_index, steps)
+    elif dev is None:
+        raise InputError("the run has no development split (dev_fraction 0) to choose the "
+                         "early state on; pass --early-index")
     else:
         early_index, scores = select_early_index(model, _first(dev, dev_limit),
                                                  range(1, steps + 1),
@@ -168,10 +170,12 @@ def evaluate_run(run_dir: RunPath, out_dir: Optional[Path] = None, *,
     model = run.model
     if solver is not None and isinstance(model, DEQClassifier):
         current = model.deq.solver
-        model.deq.solver = SOLVERS[solver](max_iter=current.max_iter, tol=current.tol)
+        model.deq.solver = solver_named(solver, max_iter=current.max_iter, tol=current.tol)
     data = run.config.data
-    full = load_dataset(data.name, "train", data_dir or data.root, data.download)
-    _, dev = dev_split(full, data.dev_fraction or 0.05, seed=data.seed)
+    dev = None
+    if data.dev_fraction > 0:  # the run's own split: its dev part was never trained on
+        full = load_dataset(data.name, "train", data_dir or data.root, data.download)
+        _, dev = dev_split(full, data.dev_fraction, seed=data.seed)
     meta = {"run": str(run_dir), "checkpoint": str(run.checkpoint.path),
             "step": run.checkpoint.step, "model": run.config.model.name}
     if isinstance(model, DEQClassifier):

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+import json
+from typing import Annotated, Union, get_args
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
 from deqshield.solvers.anderson import Anderson
 from deqshield.solvers.base import FixedPointSolver, SolverStep
@@ -23,5 +24,14 @@ from deqshield.validation import check_batch as check_state
 SolverSpec = Annotated[Union[Picard, Anderson, Broyden], Field(discriminator="name")]
 """A solver section of a config file: ``{name: picard|anderson|broyden, ...settings}``."""
 
+SOLVER_NAMES: tuple[str, ...] = tuple(
+    solver.__dataclass_fields__["name"].default for solver in get_args(get_args(SolverSpec)[0]))
+"""The ``name`` of every solver of :data:`SolverSpec`."""
+
+
+def solver_named(name: str, **settings: object) -> FixedPointSolver:
+    """The solver called ``name`` (one of :data:`SOLVER_NAMES`) with ``settings``."""
+    return TypeAdapter(SolverSpec).validate_json(json.dumps({"name": name, **settings}))
+
 __all__ = ["Anderson", "Broyden", "FixedPointSolver", "LowRankInverse", "Picard",
-           "SolverSpec", "SolverStep", "Trajectory", "check_state", "release_scratch"]
+           "SOLVER_NAMES", "SolverSpec", "solver_named", "SolverStep", "Trajectory", "check_state", "release_scratch"]
