@@ -13,7 +13,7 @@ from deqshield.certify.adjoint import (AdjointSolve, ConvFusion, DenseFusion, Eq
 from deqshield.certify.baseline import CNN7, CNN7Config, cnn7_matching_budget, cnn7_parameter_count
 from deqshield.certify.certificate import certified_margins, certify
 from deqshield.certify.fusion import FusionWeight, Parametrization
-from deqshield.certify.init import deq_extractor_init_, ibp_init_, ibp_init_model_
+from deqshield.certify.initialization import deq_extractor_init_, ibp_init_, ibp_init_model_
 from deqshield.certify.intervals import (Interval, batch_norm_interval, conv2d_interval,
                                          input_box, linear_interval, margin_interval, propagate)
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings

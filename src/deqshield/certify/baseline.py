@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from deqshield.certify.init import ibp_init_model_
+from deqshield.certify.initialization import ibp_init_model_
 from deqshield.certify.intervals import Interval, margin_interval, propagate
 from deqshield.certify.models import (CertifiableClassifier, Evaluation, Positive,
                                       check_data_matches)

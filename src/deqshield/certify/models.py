@@ -20,27 +20,32 @@ The model answers where every layer's returned state has infinity-norm residual 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional, Protocol, Sequence
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.certify.fusion import FusionWeight, Parametrization
-from deqshield.certify.init import deq_extractor_init_
+from deqshield.certify.initialization import deq_extractor_init_
 from deqshield.certify.intervals import Interval, margin_interval
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.errors import ConfigError, InputError
 from deqshield.settings import component
 from deqshield.validation import check_input
 
-if TYPE_CHECKING:
-    from deqshield.certify.baseline import CNN7Config
-
 Positive = Annotated[int, Field(gt=0)]
 
 
-def check_data_matches(config: CerDEQConfig | CNN7Config, input_shape: Sequence[int],
+class SizedConfig(Protocol):
+    """A certifiable model's settings: its name, input shape and number of classes."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def check_data_matches(config: SizedConfig, input_shape: Sequence[int],
                        num_classes: int) -> None:
     """Raise :class:`ConfigError` unless the data has the configured input shape and number
     of classes (a certified model's size is part of its config, never silently replaced)."""

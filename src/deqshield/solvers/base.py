@@ -16,7 +16,7 @@ A solver finds z* with z* = f(z*) for a batch of independent problems. Every sol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Callable, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional, Protocol
 
 import torch
 from pydantic import Field
@@ -27,8 +27,17 @@ from deqshield.settings import component
 from deqshield.solvers.trajectory import Trajectory
 from deqshield.validation import check_batch
 
-if TYPE_CHECKING:
-    from deqshield.solvers.broyden import LowRankInverse
+
+class InverseJacobian(Protocol):
+    """A linear map estimating (df/dz - I)^{-1} (Broyden's B_n): ``apply`` B x,
+    ``apply_transpose`` B^T x."""
+
+    def apply(self, x: Tensor) -> Tensor:
+        ...
+
+    def apply_transpose(self, x: Tensor) -> Tensor:
+        ...
+
 
 StateFn = Callable[[Tensor], Tensor]
 
@@ -43,7 +52,7 @@ class SolverStep:
 
     n: int
     state: Tensor
-    inverse_jacobian: Optional["LowRankInverse"] = None
+    inverse_jacobian: Optional[InverseJacobian] = None
 
 
 StateCallback = Callable[[SolverStep], None]
@@ -102,7 +111,7 @@ class SolveRecorder:
         self.num_states = 0
         self.all_active = True
 
-    def emit(self, z_flat: Tensor, inverse_jacobian: Optional["LowRankInverse"] = None) -> None:
+    def emit(self, z_flat: Tensor, inverse_jacobian: Optional[InverseJacobian] = None) -> None:
         """Publish the next state z_n (record it and/or stream it to the callback)."""
         if self.record_states:
             self.states.append(self.problem.unflatten(z_flat))
