@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import yaml
+from conftest import digits_deq_config
 
 
 ATTACK = {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 1}
@@ -45,13 +46,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert len(lines) == 1 and '"step": 2' in lines[0]
 
 
-EVAL_CONFIG = {
-    "data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 64},
-    "model": {"name": "conv-deq", "channels": 4, "downsample": 2, "pool": 2,
-              "solver": {"name": "anderson", "max_iter": 4, "tol": 1e-4}},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3,
-              "selection": {"metric": "clean", "limit": 16}},
-}
+EVAL_CONFIG = digits_deq_config(limit_train=64, downsample=2, solver="anderson")
 
 
 def test_two_gloo_processes_evaluate_like_one(tmp_path):

@@ -6,18 +6,13 @@ import json
 
 import pytest
 
+from conftest import digits_deq_config
 from deqshield.cli import main
 from deqshield.config import parse_config
 from deqshield.evaluation import evaluate_run
 from deqshield.training.run import train
 
-CONFIG = {
-    "data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 96},
-    "model": {"name": "conv-deq", "channels": 4, "downsample": 1, "pool": 2,
-              "solver": {"name": "broyden", "max_iter": 4, "tol": 1e-4}},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3,
-              "selection": {"metric": "clean", "limit": 16}},
-}
+CONFIG = digits_deq_config(limit_train=96, downsample=1, solver="broyden")
 
 
 @pytest.fixture(scope="module")

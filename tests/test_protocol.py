@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
+from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, AutoAttackBridge
 from deqshield.models import ConvDEQ
 from deqshield.solvers import Anderson
 from deqshield.paths import FinalState
+from deqshield.protocol.verdicts import CLEAN_ERROR
 from deqshield.protocol import (BROKEN, SKIPPED, SURVIVED, AttackSpec, Protocol, VerdictTable,
                                 evaluate_matrix, obfuscation_flags, run_protocol,
                                 select_early_index, transfer)
@@ -21,12 +22,7 @@ SOLVER = Anderson(max_iter=4, tol=1e-3)  # small: keeps the suite fast
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
-    x = torch.rand(8, 1, 8, 8)
-    y = Final().logits(model, x).argmax(1)
-    y[::3] = (y[::3] + 1) % 10  # some clean mistakes
-    return model, TensorDataset(x, y)
+    return tiny_conv_deq(samples=8, solver=SOLVER, mistakes_every=3)
 
 
 def test_eps_zero_every_attack_gives_clean_accuracy(setup):
@@ -56,6 +52,11 @@ def test_early_exit_matches_exhaustive_per_sample(setup):
         assert full.cumulative_accuracy(defense) == fast.cumulative_accuracy(defense)
         first = full.attacks[0]
         assert torch.equal(full.verdicts[defense, first], fast.verdicts[defense, first])
+        assert full.broken_by(defense) == fast.broken_by(defense)  # attribution kept
+        assert CLEAN_ERROR in full.broken_by(defense)
+        for attack in full.attacks:
+            attacked, survived = fast.attacked(defense, attack)
+            assert 0 <= survived <= attacked
 
 
 def _table() -> VerdictTable:

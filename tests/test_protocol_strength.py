@@ -8,15 +8,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
 from deqshield.models import ConvDEQ, DEQClassifier
-from deqshield.paths import FinalState, UnrolledIntermediate
 from deqshield.protocol import AttackSpec, Protocol, evaluate_matrix, run_protocol
 from deqshield.protocol.screening import screen_attacks
 from deqshield.protocol.specs import Screening
 from deqshield.protocol.standard import full_unroll, redundant_early, standard_protocol
-from deqshield.protocol.verdicts import BROKEN, CLEAN_ERROR
-from deqshield.readouts import Early, Ensemble, Final
+from deqshield.protocol.verdicts import BROKEN
+from deqshield.readouts import Final
 from deqshield.solvers import Anderson, Picard
 
 
@@ -116,33 +116,7 @@ def test_screening_keeps_the_only_path_that_works():
 
 @pytest.fixture(scope="module")
 def tiny_deq():
-    torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=4, tol=1e-3)).build((1, 8, 8), 10)
-    model.eval()
-    x = torch.rand(12, 1, 8, 8)
-    y = Final().logits(model, x).argmax(1)
-    y[::4] = (y[::4] + 1) % 10  # some clean mistakes
-    return model, TensorDataset(x, y)
-
-
-def test_early_exit_keeps_the_attribution_and_verdicts(tiny_deq):
-    model, data = tiny_deq
-    attack = PGD(eps=0.03, step_size=0.01, steps=3, restarts=2)
-    specs = [AttackSpec(attack=attack, path=FinalState(), label="final"),
-             AttackSpec(attack=attack, path=full_unroll(model), label="full unroll"),
-             AttackSpec(attack=attack, path=UnrolledIntermediate(index=1, steps=2),
-                        label="z_1")]
-    defenses = [Final(), Early(index=2), Ensemble()]
-    full = evaluate_matrix(model, data, defenses, specs, batch_size=5, progress=False)
-    fast = evaluate_matrix(model, data, defenses, specs, batch_size=5, early_exit=True,
-                           progress=False)
-    for defense in full.defenses:
-        assert torch.equal(full.robust(defense), fast.robust(defense))
-        assert full.broken_by(defense) == fast.broken_by(defense)
-        assert CLEAN_ERROR in full.broken_by(defense)
-        for attack in full.attacks:
-            attacked, survived = fast.attacked(defense, attack)
-            assert 0 <= survived <= attacked
+    return tiny_conv_deq(samples=12, mistakes_every=4)
 
 
 def independent_bptt_pgd(model: DEQClassifier, x, y, eps, steps, restarts, seed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
 from deqshield.models import ConvDEQ
 from deqshield.paths import FinalState
@@ -50,11 +51,8 @@ def test_warm_starts_reach_the_gradient_paths_but_never_the_readouts():
 
 
 def test_a_warm_started_attack_is_scored_by_the_cold_prediction():
-    torch.manual_seed(1)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=6, tol=1e-4)).build((1, 8, 8), 10)
-    model.eval()
-    x = torch.rand(8, 1, 8, 8)
-    y = Final().logits(model, x).argmax(1)
+    model, data = tiny_conv_deq(samples=8, solver=Anderson(max_iter=6, tol=1e-4), seed=1)
+    x, y = data.tensors
     result = PGD(eps=0.1, step_size=0.03, steps=4, warm_steps=2).run(
         model, FinalState(), x, y, defenses=(Final(),),
         generator=torch.Generator().manual_seed(0))
