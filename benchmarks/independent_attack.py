@@ -85,7 +85,8 @@ def main() -> None:
     results = json.loads(args.results.read_text())
     data = run.test if args.limit is None else run.test.subset(range(args.limit), "slice")
     x, y = materialize(data)
-    specs = TypeAdapter(list[ReadoutSpec]).validate_python(results["protocol"]["defenses"])
+    recorded = json.dumps(results["protocol"]["defenses"])
+    specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
     n = model.deq.solver.max_iter
     total = {name: torch.zeros(len(y), dtype=torch.bool) for name in readouts}
