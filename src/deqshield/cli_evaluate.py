@@ -100,10 +100,13 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--entropy", action="store_true",
                         help="also evaluate the entropy-reduction defense, with adaptive "
                              "attacks through it")
-    parser.add_argument("--entropy-interval", type=int, default=2, help="T_f (default 2)")
-    parser.add_argument("--entropy-steps", type=int, default=10, help="R (default 10)")
-    parser.add_argument("--entropy-step", type=float, default=2 / 255,
-                        help="beta (default 2/255)")
+    entropy = EntropyReduction()
+    parser.add_argument("--entropy-interval", type=int, default=entropy.interval,
+                        help=f"T_f (default {entropy.interval})")
+    parser.add_argument("--entropy-steps", type=int, default=entropy.steps,
+                        help=f"R (default {entropy.steps})")
+    parser.add_argument("--entropy-step", type=float, default=entropy.step_size,
+                        help=f"beta (default {entropy.step_size:.4g})")
     parser.add_argument("--no-autoattack", action="store_true",
                         help="skip the AutoAttack columns (APGD, Square)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference",
