@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from deqshield import __version__
 from deqshield.cli_certify import add_certify_command
 from deqshield.cli_evaluate import add_evaluate_command
+from deqshield.cli_smooth import add_smooth_command
 from deqshield.cli_train import add_train_command
 from deqshield.errors import DEQShieldError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_certify_command(commands)
+    add_smooth_command(commands)
     return parser
 
 

@@ -14,6 +14,8 @@ Each objective is a validated settings object with
 * ``TRADES`` (Zhang et al. 2019):
   CE(h(z(x)), y) + beta * KL(p(x) || p(x')),  x' = argmax_{||x' - x|| <= eps} KL(p(x) || p(x')),
   the inner max by the same PGD steps ascending the KL instead of the CE.
+* ``GaussianNoise`` (Cohen et al. 2019): CE(h(z(x + delta)), y), delta ~ N(0, sigma^2 I), the
+  base classifier of randomized smoothing (:mod:`deqshield.training.noise`).
 * ``Certified`` (CerDEQ Sec. 3.6 / Fast-IBP): the certified objective of
   :func:`deqshield.certify.certified_loss` at eps_now = schedule(step), the global optimizer
   step, for a :class:`~deqshield.certify.CertifiableClassifier` (CerDEQ or CNN-7).
@@ -61,6 +63,7 @@ from deqshield.paths import FinalState
 from deqshield.paths.base import LossFn
 from deqshield.settings import component
 from deqshield.solvers import Trajectory
+from deqshield.training.noise import GaussianNoise
 
 
 @dataclass
@@ -295,5 +298,5 @@ class Certified:
         return StepOutput(result.loss, result.logits.detach(), None, x)
 
 
-ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES, Certified],
+ObjectiveSpec = Annotated[Union[Standard, PGDAT, TRADES, Certified, GaussianNoise],
                           Field(discriminator="name")]
