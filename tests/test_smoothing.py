@@ -23,7 +23,7 @@ from deqshield.smoothing import (ABSTAIN, Serialized, Smoothing, WarmChain,
                                  binomial_test_two_sided, broken_certificates, certify,
                                  clopper_pearson_lower, clopper_pearson_upper, predict,
                                  serialized_bound, smoothed_attack)
-from deqshield.smoothing.smoothed import base_predictions
+from deqshield.smoothing.sampling import base_predictions
 from deqshield.solvers import Anderson, Picard
 from deqshield.training.noise import GaussianNoise
 from deqshield.training.objectives import PGDAT, Standard, StepRandomness

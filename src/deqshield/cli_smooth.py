@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from deqshield.errors import InputError
 from deqshield.readouts import Early, Ensemble, Final
-from deqshield.smoothing.smoothed import Serialized, Smoothing
+from deqshield.smoothing.sampling import Serialized, Smoothing
 
 
 def parse_readout(text: str) -> Final | Early | Ensemble:

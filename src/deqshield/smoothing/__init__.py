@@ -6,8 +6,8 @@ from deqshield.smoothing.bounds import (binomial_test_two_sided, clopper_pearson
                                         clopper_pearson_upper)
 from deqshield.smoothing.report import certified_accuracy, certify_samples, summarize
 from deqshield.smoothing.serialized import WarmChain, serialized_bound
-from deqshield.smoothing.smoothed import (ABSTAIN, Certificate, LowerBound, Serialized,
-                                          Smoothing, certify, predict, radius_of)
+from deqshield.smoothing.sampling import LowerBound, Serialized, Smoothing
+from deqshield.smoothing.smoothed import ABSTAIN, Certificate, certify, predict, radius_of
 
 __all__ = ["ABSTAIN", "Certificate", "LowerBound", "Serialized", "SmoothedSoftmax", "Smoothing",
            "WarmChain", "binomial_test_two_sided", "broken_certificates", "certified_accuracy",

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from deqshield.attacks.pgd import PGD
 from deqshield.paths.base import LossFn
 from deqshield.paths.final_state import final_state_logits
-from deqshield.smoothing.smoothed import ABSTAIN, Certificate, Smoothing, predict
+from deqshield.smoothing.sampling import Smoothing
+from deqshield.smoothing.smoothed import ABSTAIN, Certificate, predict
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from deqshield.settings import settings_dict
-from deqshield.smoothing.smoothed import Smoothing, certify
+from deqshield.smoothing.sampling import Smoothing
+from deqshield.smoothing.smoothed import certify
 
 REPORTED_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 

@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from deqshield.runs import load_run
 from deqshield.smoothing.report import certify_samples, summarize, write_report
-from deqshield.smoothing.smoothed import Smoothing
+from deqshield.smoothing.sampling import Smoothing
 
 
 def smooth_run(run_dir: Union[str, Path], settings: Smoothing, *,

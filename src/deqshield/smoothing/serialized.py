@@ -44,14 +44,16 @@ from torch import Tensor, nn
 from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.smoothing.bounds import clopper_pearson_lower, clopper_pearson_upper
-from deqshield.smoothing.smoothed import (BaseReadout, LowerBound, Smoothing, base_predictions,
+from deqshield.smoothing.sampling import (BaseReadout, LowerBound, Smoothing, base_predictions,
                                           class_counts, noisy_batches)
 
 
 class WarmChain:
     """The serialized classifier h: each batch is solved with ``steps`` updates of the model's
     solver (no final residual evaluation) from the previous batch's final states, and read out
-    with the base readout; the first batch is solved cold with the model's full solver."""
+    with the base readout; the first batch is solved cold with the model's full solver. An
+    ``Early`` or ``Ensemble`` readout reads the K-step warm trajectory as if it were the model's
+    own, a poor estimate of f that the cold checks then charge for (sound, but loose)."""
 
     def __init__(self, model: DEQClassifier, readout: BaseReadout, steps: int):
         self.model, self.readout = model, readout
