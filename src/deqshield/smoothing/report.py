@@ -1,7 +1,7 @@
 """Certify a data set with randomized smoothing and report it: per-sample records, certified
 accuracy over radii, ``smoothing.json`` and the curve as a PNG.
 
-Certified accuracy at radius r (Cohen et al. 2019, Sec. 4): the fraction of samples whose
+Certified accuracy at radius r (as reported by Cohen et al. 2019): the fraction of samples whose
 CERTIFY answer is the true label with certified radius >= r; abstentions count as errors. It is
 a non-increasing step function of r, read off the sorted radii of the correct answers.
 """

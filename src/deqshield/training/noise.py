@@ -1,6 +1,6 @@
 """Gaussian noise augmentation: the training objective of randomized smoothing.
 
-Cohen, Rosenfeld & Kolter (2019, Sec. 3.3) train the base classifier f on noisy inputs,
+Cohen, Rosenfeld & Kolter (2019) train the base classifier f on noisy inputs,
 
     min_theta E_{(x, y)} E_{delta ~ N(0, sigma^2 I)} CE(f_theta(x + delta), y),
 
