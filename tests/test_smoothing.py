@@ -174,6 +174,20 @@ def test_serialized_certificate_agrees_with_plain_at_fewer_cell_evaluations():
     assert b.cell_evaluations < a.cell_evaluations / 2
 
 
+def test_cell_evaluations_are_counted_per_draw_and_step():
+    """T = max_iter updates plus the final residual per cold solve; K per warm batch row."""
+    model = contractive_deq(Picard(max_iter=5, tol=0.0))
+    x = torch.zeros(1, 5)
+    plain = certify(model, x, Smoothing(sigma=0.3, n0=16, n=64, batch=16),
+                    torch.Generator().manual_seed(0))
+    assert plain.cell_evaluations == (16 + 64) * (5 + 1)
+    serialized = certify(model, x, Smoothing(sigma=0.3, n0=16, n=64, batch=16,
+                                             serialized=Serialized(steps=2, checks=8)),
+                         torch.Generator().manual_seed(0))
+    chain = 16 * (5 + 1) + 64 * 2
+    assert chain < serialized.cell_evaluations <= chain + 8 * (5 + 1)
+
+
 def test_a_lying_chain_cannot_inflate_the_serialized_bound():
     """The chain claims c_A for every draw while f says c_A with p = 0.7: the bound still
     holds with probability >= 1 - alpha, whatever the chain does."""

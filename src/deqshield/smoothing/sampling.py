@@ -91,6 +91,7 @@ def base_predictions(model: nn.Module, readout: BaseReadout, x: Tensor) -> Tenso
 
 
 def class_counts(labels: Tensor, classes: int) -> Tensor:
+    """How often each of ``classes`` classes occurs in ``labels`` (on the CPU)."""
     return torch.bincount(labels.cpu(), minlength=classes)
 
 
