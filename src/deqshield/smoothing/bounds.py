@@ -37,7 +37,7 @@ def _check(k: int, n: int, alpha: float) -> None:
 def binomial_tail(k: int, n: int, p: float, *, upper: bool) -> float:
     """P[K >= k] (``upper``) or P[K <= k] for K ~ Binomial(n, p), summed in log space."""
     if p <= 0.0:
-        return 1.0 if (k <= 0 if upper else True) else 0.0
+        return 1.0 if (not upper or k <= 0) else 0.0
     if p >= 1.0:
         return 1.0 if (upper or k >= n) else 0.0
     j = torch.arange(k, n + 1, dtype=torch.float64) if upper else \
