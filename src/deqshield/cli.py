@@ -11,6 +11,7 @@ from deqshield import __version__
 from deqshield.cli_certify import add_certify_command
 from deqshield.cli_errors import OneLineParser, add_debug_flag, run_command
 from deqshield.cli_evaluate import add_evaluate_command
+from deqshield.cli_smooth import add_smooth_command
 from deqshield.cli_train import add_train_command
 from deqshield.cli_zoo import add_zoo_command
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_certify_command(commands)
+    add_smooth_command(commands)
     add_zoo_command(commands)
     for command in commands.choices.values():
         add_debug_flag(command)

@@ -70,7 +70,8 @@ class OverfitGuard(Section):
 class TrainConfig(Section):
     """Optimisation settings (Adam with per-step cosine decay, as in the papers).
 
-    ``objective``: standard / pgd-at / trades (see :mod:`deqshield.training.objectives`).
+    ``objective``: standard / pgd-at / trades / certified / gaussian-noise (see
+    :mod:`deqshield.training.objectives`).
     Jacobian regularisation adds ``jacobian_weight * ||df/dz||_F^2 / d`` every
     ``jacobian_every`` steps in epochs before ``jacobian_stop_epoch`` (None: never stops).
     The first ``pretrain_steps`` steps train the weight-tied network of ``pretrain_depth``

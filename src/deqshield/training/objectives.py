@@ -16,6 +16,8 @@ Each objective is a validated settings object with
   the inner max by the same PGD steps ascending the KL instead of the CE.
 * ``FastAT`` (FGSM with a random start, N-FGSM) and ``FreeAT`` (free adversarial training):
   the one-step objectives of :mod:`deqshield.training.fast_at`.
+* ``GaussianNoise`` (Cohen et al. 2019): CE(h(z(x + delta)), y), delta ~ N(0, sigma^2 I), the
+  base classifier of randomized smoothing (:mod:`deqshield.training.noise`).
 * ``Certified`` (CerDEQ Sec. 3.6 / Fast-IBP): the certified objective of
   :func:`deqshield.certify.certified_loss` at eps_now = schedule(step), the global optimizer
   step, for a :class:`~deqshield.certify.CertifiableClassifier` (CerDEQ or CNN-7).

@@ -1,0 +1,74 @@
+"""``deqshield smooth RUN``: a thin wrapper over :func:`deqshield.smoothing.run.smooth_run`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import ValidationError
+
+from deqshield.errors import InputError
+from deqshield.readouts import Early, Ensemble, Final
+from deqshield.smoothing.sampling import Serialized, Smoothing
+
+
+def parse_readout(text: str) -> Final | Early | Ensemble:
+    """``final``, ``early:I`` or ``ensemble`` as a readout settings object."""
+    if text == "final":
+        return Final()
+    if text == "ensemble":
+        return Ensemble()
+    name, _, index = text.partition(":")
+    if name == "early" and index.isdigit():
+        return Early(index=int(index))
+    raise InputError(f"--readout must be final, early:I or ensemble, got {text!r}")
+
+
+def _smooth(args: argparse.Namespace) -> int:
+    from deqshield.smoothing.run import smooth_run
+
+    try:
+        serialized: Optional[Serialized] = (
+            Serialized(steps=args.warm_steps, checks=args.checks) if args.serialized else None)
+        settings = Smoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                             batch=args.batch, readout=parse_readout(args.readout),
+                             serialized=serialized)
+    except ValidationError as error:
+        raise InputError(f"invalid smoothing settings: {error}") from None
+    results = smooth_run(args.run_dir, settings, out=args.out, limit=args.limit,
+                         seed=args.seed, data_dir=args.data_dir)
+    accuracy = results["certified_accuracy"]
+    cells = results["mean_cell_evaluations"]
+    print("certified accuracy " + "  ".join(f"r={r}: {100 * a:.1f}%"
+                                            for r, a in accuracy.items())
+          + (f"; {cells:.0f} cell evaluations per image" if cells is not None else "")
+          + f"; report in {args.out or args.run_dir}")
+    return 0
+
+
+def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``smooth`` subcommand to ``subparsers`` (from ``add_subparsers``)."""
+    parser = subparsers.add_parser(
+        "smooth", help="randomized-smoothing l2 certificates of a run's model "
+                       "(smoothing.json, smoothing.png)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN",
+                        help="run directory written by deqshield train")
+    parser.add_argument("--sigma", type=float, required=True, help="noise level sigma")
+    parser.add_argument("--n", type=int, default=10_000, help="estimation draws (10000)")
+    parser.add_argument("--n0", type=int, default=100, help="selection draws (100)")
+    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    parser.add_argument("--batch", type=int, default=1000, help="draws per forward pass")
+    parser.add_argument("--limit", type=int, help="first N test examples (default: all)")
+    parser.add_argument("--serialized", action="store_true",
+                        help="warm-started noise chain (SRS) with the corrected certificate")
+    parser.add_argument("--warm-steps", type=int, default=3,
+                        help="solver updates per warm-started batch (3)")
+    parser.add_argument("--checks", type=int, default=200,
+                        help="draws also solved cold to bound the chain's error (200)")
+    parser.add_argument("--readout", default="final", help="final, early:I or ensemble")
+    parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
+    parser.add_argument("--data-dir", help="data directory (overrides data.root)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.set_defaults(run=_smooth)
+    return parser

@@ -1,0 +1,34 @@
+"""``deqshield smooth RUN``: randomized-smoothing certificates of a trained run's model on the
+first test examples (see :mod:`deqshield.smoothing.report` for what is written)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from deqshield.runs import load_run
+from deqshield.smoothing.report import certify_samples, summarize, write_report
+from deqshield.smoothing.sampling import Smoothing
+
+
+def smooth_run(run_dir: Union[str, Path], settings: Smoothing, *,
+               out: Optional[Union[str, Path]] = None, limit: Optional[int] = None,
+               seed: int = 0, data_dir: Optional[str] = None) -> dict[str, Any]:
+    """Certify the run's model (best checkpoint, eval mode) on the first ``limit`` test
+    examples; write ``smoothing.json`` and ``smoothing.png`` into ``out`` (default: the run
+    directory) and return the JSON content."""
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir, data_dir=data_dir)
+    count = len(loaded.test) if limit is None else min(limit, len(loaded.test))
+    started = time.perf_counter()
+    records = certify_samples(loaded.model, loaded.test.images[:count],
+                              loaded.test.labels[:count], settings, seed)
+    results = summarize(records, settings, seed, run=str(run_dir),
+                        checkpoint=str(loaded.checkpoint.path), model=loaded.config.model.name,
+                        data=f"{loaded.test.name}[:{count}]",
+                        seconds=time.perf_counter() - started)
+    write_report(results, Path(out) if out is not None else run_dir,
+                 f"{loaded.config.model.name}, sigma = {settings.sigma:g}"
+                 + (", serialized" if settings.serialized else ""))
+    return results
