@@ -10,7 +10,9 @@ argument, the value and what is allowed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Optional
 
 import torch
@@ -108,8 +110,25 @@ def check_input(x: object, input_shape: Sequence[int],
     return x
 
 
+_UNBOUNDED: ContextVar[bool] = ContextVar("unbounded_inputs", default=False)
+
+
+@contextmanager
+def unbounded_inputs() -> Iterator[None]:
+    """Inside the block, model inputs may leave the valid range: randomized smoothing evaluates
+    its base classifier at x + Gaussian noise, which is not clipped (Cohen et al. 2019)."""
+    token = _UNBOUNDED.set(True)
+    try:
+        yield
+    finally:
+        _UNBOUNDED.reset(token)
+
+
 def check_range(x: Tensor, bounds: Sequence[float] = INPUT_RANGE, what: str = "input") -> Tensor:
-    """Every value of ``x`` lies in [lo, hi] (e.g. images scaled to [0, 1], not [0, 255])."""
+    """Every value of ``x`` lies in [lo, hi] (e.g. images scaled to [0, 1], not [0, 255]),
+    unless inside :func:`unbounded_inputs`."""
+    if _UNBOUNDED.get():
+        return x
     lo, hi = check_bounds(bounds)
     low, high = (float(v) for v in torch.aminmax(x.detach()))
     if low < lo - SLACK or high > hi + SLACK:

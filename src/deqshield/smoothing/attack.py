@@ -58,7 +58,7 @@ def smoothed_attack(model: nn.Module, x: Tensor, y: Tensor, sigma: float, eps: f
     noise = sigma * torch.randn((draws, *x.shape[1:]), generator=generator, dtype=x.dtype)
     attack = PGD(eps=eps, step_size=2.5 * eps / max(steps, 1), steps=steps, norm="l2",
                  bounds=bounds)
-    return attack.perturb(model, x, y, SmoothedSoftmax(noise), generator)
+    return attack.run(model, SmoothedSoftmax(noise), x, y, generator=generator).x_adv
 
 
 def broken_certificates(model: nn.Module, x: Tensor, certificates: list[Certificate],

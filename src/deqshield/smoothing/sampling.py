@@ -20,6 +20,7 @@ from deqshield.models import DEQClassifier
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.settings import component
 from deqshield.smoothing.bounds import clopper_pearson_lower
+from deqshield.validation import unbounded_inputs
 
 BaseReadout = Annotated[Union[Final, Early, Ensemble], Field(discriminator="name")]
 
@@ -86,8 +87,10 @@ def noisy_batches(x: Tensor, num: int, sigma: float, batch: int,
 
 
 def base_predictions(model: nn.Module, readout: BaseReadout, x: Tensor) -> Tensor:
-    """f(x): the readout's class for each input, from the model's own solve (z_0, full)."""
-    return readout.logits(model, x).argmax(dim=1)
+    """f(x): the readout's class for each input, from the model's own solve (z_0, full); the
+    noisy inputs are not clipped to the data range."""
+    with unbounded_inputs():
+        return readout.logits(model, x).argmax(dim=1)
 
 
 def class_counts(labels: Tensor, classes: int) -> Tensor:
