@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--big-channels", type=int, default=104)
     parser.add_argument("--pgd-steps", type=int, default=7)
     parser.add_argument("--warm-steps", type=int, default=2)
+    parser.add_argument("--memory-only", action="store_true", help="only part 3")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     meter = CpuPeakMeter()  # before any tensor: glibc maps every large block from here on
@@ -92,7 +93,8 @@ def main() -> None:
                                     for name, model in models.items()}, "recipes": {}}
     print(f"parameters: {figures['parameters']}")
     steps_per_epoch = math.ceil(60000 / args.batch)
-    for name, objective in recipes(args.pgd_steps, args.warm_steps).items():
+    for name, objective in ({} if args.memory_only else
+                            recipes(args.pgd_steps, args.warm_steps)).items():
         steps = {key: step_function(model, objective, x, y) for key, model in models.items()}
         for step in steps.values():
             step()  # warm-up
@@ -125,7 +127,8 @@ def main() -> None:
           + ", ".join(f"N={n}: {mib:.1f} MiB" for n, mib in memory.items())
           + f" (spread {100 * spread:.1f}% of the largest)")
     if args.out:
-        write_results(args.out, "training_throughput", figures)
+        write_results(args.out, "training_throughput" + ("_memory" if args.memory_only else ""),
+                      figures)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
    that makes a DEQ look robust, the intermediate-state attacks that reveal its robustness,
    the early / ensemble / entropy-reduction defenses, Square as a gradient-free control.
 3. Train and certify a small CerDEQ (cerdeq-icml22) beside a CNN-7 of the same budget.
-4. Write ``results.json``, ``report.md``, ``report.html`` and PNG plots into the output folder.
+4. Attack the shipped MNIST DEQ of the model zoo (eps 0.3) on the MNIST test slice inside the
+   package: the ready-made attack against the full unroll, an intermediate attack and Square.
+5. Write ``results.json``, ``report.md``, ``report.html`` and PNG plots into the output folder.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from deqshield.errors import InputError
 from deqshield.evaluation import evaluate_model
 from deqshield.readouts import EntropyReduction
 from deqshield.runs import load_run
+from deqshield import zoo
 from deqshield.settings import settings_dict
 from deqshield.training.run import train
 
@@ -54,12 +57,13 @@ class DemoSize:
     certified_channels: int = 8
     certified_width: int = 64
     certify_limit: Optional[int] = None
+    zoo_limit: int = 64
 
 
 FULL = DemoSize()
 TINY = DemoSize(epochs=1, channels=4, train_limit=96, eval_limit=8, dev_limit=8,
                 attack_steps=1, entropy_steps=1, certified_epochs=1, certified_channels=2,
-                certified_width=8, certify_limit=16)
+                certified_width=8, certify_limit=16, zoo_limit=4)
 
 
 def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
@@ -84,6 +88,11 @@ def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
 
 
 MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
+ZOO_MODEL = "mnist-linf-0.3-deq"
+"""The shipped MNIST DEQ the demo attacks (on the MNIST test slice inside the package)."""
+ZOO_ATTACKS = ("ready-made (phantom)", "unrolled (i=1, K=5, lambda=1)",
+               "unrolled (i=0, K=8, lambda=1) = full unroll", "unrolled ensemble",
+               "Square (gradient-free)")
 DEMO_ATTACKS = ("ready-made (phantom)", "simultaneous adjoint ensemble",
                 "unrolled (i=1, K=1, lambda=1)", "unrolled (i=1, K=5, lambda=0.5)",
                 "unrolled (i=0, K=8, lambda=1) = full unroll", "unrolled ensemble", "adaptive: through entropy reduction",
@@ -149,7 +158,7 @@ def _run_demo(out_dir: Path, size: DemoSize, progress: bool) -> dict[str, Any]:
     started = time.time()
     say = tqdm.write if progress else (lambda *_: None)
     certifiable = certified_models(size)
-    stages = tqdm(total=2 * len(MODELS) + 2 * len(certifiable), desc="deqshield demo",
+    stages = tqdm(total=2 * len(MODELS) + 2 * len(certifiable) + 1, desc="deqshield demo",
                   disable=not progress, position=0)
     train_full = load_dataset("digits", "train")
     _, dev = dev_split(train_full, 0.1, seed=0)
@@ -190,6 +199,9 @@ def _run_demo(out_dir: Path, size: DemoSize, progress: bool) -> dict[str, Any]:
         say(f"{name}: clean {100 * accuracy['clean']:.1f}%, PGD {100 * accuracy['pgd']:.1f}%, "
             f"certified {100 * accuracy['certified']:.1f}%, certified samples broken by PGD: "
             f"{certified[name]['certified_broken_by_pgd']}")
+    stages.set_postfix_str(f"attacking the zoo's {ZOO_MODEL}")
+    models[f"zoo: {ZOO_MODEL} (MNIST, eps 0.3)"] = zoo_stage(size, out_dir)
+    stages.update()
     stages.close()
     results = {"eps": EPS, "data": "scikit-learn digits (8x8, 10 classes)",
                "models": models, "certified": certified, "seconds": time.time() - started}
@@ -198,6 +210,19 @@ def _run_demo(out_dir: Path, size: DemoSize, progress: bool) -> dict[str, Any]:
     say(f"wrote {out_dir / 'report.md'} and {out_dir / 'report.html'} "
         f"in {results['seconds']:.0f} s")
     return results
+
+
+def zoo_stage(size: DemoSize, out_dir: Path) -> dict[str, Any]:
+    """The shipped MNIST DEQ under a quick white-box evaluation on the package's MNIST slice."""
+    model, card = zoo.load(ZOO_MODEL)
+    data = zoo.test_slice("mnist")
+    data = data.subset(range(size.zoo_limit), f"{data.name}[:{size.zoo_limit}]")
+    slug = ZOO_MODEL
+    evaluation = evaluate_model(model, data, None, out_dir / slug, eps=card.eps,
+                                early_index=model.deq.solver.max_iter // 2, quick=True,
+                                attack_labels=ZOO_ATTACKS, progress=False,
+                                meta={"model": ZOO_MODEL, "card": card.name})
+    return {"folder": slug, "evaluation": evaluation}
 
 
 def _summary_line(name: str, evaluation: dict[str, Any]) -> str:
