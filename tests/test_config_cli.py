@@ -65,6 +65,11 @@ def test_demo_writes_consistent_report_json_and_plots(demo_dir):
         assert entry["accuracy"]["certified"] <= entry["accuracy"]["clean"]
         assert (demo_dir / entry["folder"] / "bound_growth.png").exists()
     assert (demo_dir / "certified_vs_clean.png").stat().st_size > 0
+    (shipped,) = results["zoo"].values()  # the zoo's MNIST DEQ on the package's MNIST slice
+    assert shipped["evaluation"]["samples"] == TINY.zoo_limit
+    for row in shipped["evaluation"]["defenses"]:
+        assert row["worst_case_accuracy"] <= row["clean_accuracy"]
+    assert shipped["folder"] in markdown
     assert "<table>" in page and "Certified DEQ" in markdown
 
 

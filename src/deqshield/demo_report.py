@@ -19,6 +19,11 @@ STORY = (
     "zoo's shipped MNIST DEQ (eps 0.3), attacked on the MNIST test slice inside the package.")
 
 
+def _evaluated(results: dict[str, Any]) -> dict[str, Any]:
+    """The evaluated models: the ones trained live, then the zoo's."""
+    return {**results["models"], **results.get("zoo", {})}
+
+
 def _pct(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -41,7 +46,7 @@ def _ready_made(evaluation: dict[str, Any]) -> Optional[float]:
 
 def _summary(results: dict[str, Any]) -> list[list[str]]:
     table = []
-    for name, model in results["models"].items():
+    for name, model in _evaluated(results).items():
         evaluation = model["evaluation"]
         final = next(row for row in evaluation["defenses"] if row["label"] == "final")
         worst = evaluation["aggregate"]["worst_case"]
@@ -95,7 +100,7 @@ def render_markdown(results: dict[str, Any], certified_plots: list[str]) -> str:
              f"Data: {results['data']}; threat model: l_inf, eps = {results['eps']}. "
              f"Run time: {results['seconds']:.0f} s.", "", "## Summary (accuracy, %)", ""]
     lines += _markdown_table(SUMMARY_HEADER, _summary(results))
-    for name, model in results["models"].items():
+    for name, model in _evaluated(results).items():
         evaluation, folder = model["evaluation"], model["folder"]
         lines += ["", f"## {name}", "", f"Full report: [{folder}/report.md]({folder}/report.md)",
                   "", "Robust accuracy (%) per defense (rows) and attack (columns):", ""]
@@ -125,7 +130,7 @@ def render_html(results: dict[str, Any], certified_plots: list[str]) -> str:
              f"<p>Data: {html.escape(results['data'])}; threat model: l<sub>&infin;</sub>, "
              f"eps = {results['eps']}. Run time: {results['seconds']:.0f} s.</p>",
              "<h2>Summary (accuracy, %)</h2>", _html_table(SUMMARY_HEADER, _summary(results))]
-    for name, model in results["models"].items():
+    for name, model in _evaluated(results).items():
         evaluation, folder = model["evaluation"], model["folder"]
         parts += [f"<h2>{html.escape(name)}</h2>",
                   "<p>Robust accuracy (%) per defense (rows) and attack (columns).</p>",
