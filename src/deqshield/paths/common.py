@@ -77,6 +77,14 @@ def broyden_states(model: DEQClassifier, index: Optional[int], ensemble: bool,
     return resolve_indices(chosen, max_iter, path)
 
 
+def broyden_path(model: nn.Module, x: Tensor, index: Optional[int], ensemble: bool,
+                 path: str) -> tuple[DEQClassifier, tuple[int, ...], "InputLink"]:
+    """What a path on Broyden's B_n starts from: the DEQ, the states it averages
+    (:func:`broyden_states`) and the input link of x."""
+    deq = as_deq(model, path)
+    return deq, broyden_states(deq, index, ensemble, path), InputLink(deq, x)
+
+
 def loss_gradient(model: DEQClassifier, z: Tensor, y: Tensor, loss: LossFn) -> Tensor:
     """dL(z, y)/dz with L(z, y) = sum_b loss(head(z), y)_b (the state z is detached)."""
     z_in = z.detach().requires_grad_()

@@ -34,8 +34,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.paths.base import LossFn
-from deqshield.paths.common import (InputLink, StateMean, as_deq, broyden_states,
-                                    check_index_or_ensemble, loss_gradient)
+from deqshield.paths.common import (StateMean, broyden_path, check_index_or_ensemble,
+                                    loss_gradient)
 from deqshield.settings import component
 from deqshield.solvers import SolverStep
 
@@ -59,9 +59,7 @@ class SimultaneousAdjoint:
         check_index_or_ensemble(self.index, self.ensemble)
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
-        deq = as_deq(model, self.name)
-        chosen = broyden_states(deq, self.index, self.ensemble, self.name)
-        link = InputLink(deq, x)
+        deq, chosen, link = broyden_path(model, x, self.index, self.ensemble, self.name)
         states: StateMean[Tensor] = StateMean(chosen,
                                               lambda grad_u: grad_u)
         adjoint: dict[str, Tensor] = {}
