@@ -41,17 +41,24 @@ BOUNDS = (0.0, 1.0)
 
 
 @component
-class FastAT:
+class OneStepSettings:
+    """What fast and free AT share: the radius ``eps``, the sign step ``step`` (a multiple of
+    eps), the loss on random intermediate states, and the eps warm-up."""
+
+    eps: Annotated[float, Field(ge=0)] = 0.3
+    step: Annotated[float, Field(gt=0)] = 1.0
+    random_intermediate: bool = False
+    warmup: Optional[Warmup] = None
+
+
+@component
+class FastAT(OneStepSettings):
     """One-step adversarial training (module docstring); the defaults are N-FGSM."""
 
     name: Literal["fast-at"] = "fast-at"
-    eps: Annotated[float, Field(ge=0)] = 0.3
-    step: Annotated[float, Field(gt=0)] = 1.0
     noise: Annotated[float, Field(ge=0)] = 2.0
     project: bool = False
     gradient: Optional[GradientSpec] = None
-    random_intermediate: bool = False
-    warmup: Optional[Warmup] = None
     clean_weight: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
     def adversary(self, model: nn.Module, x: Tensor, y: Tensor, eps: float,
@@ -83,15 +90,11 @@ class FastAT:
 
 
 @component
-class FreeAT:
+class FreeAT(OneStepSettings):
     """Free adversarial training with ``replays`` replays per batch (module docstring)."""
 
     name: Literal["free-at"] = "free-at"
-    eps: Annotated[float, Field(ge=0)] = 0.3
-    step: Annotated[float, Field(gt=0)] = 1.0
     replays: Annotated[int, Field(ge=1)] = 4
-    random_intermediate: bool = False
-    warmup: Optional[Warmup] = None
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
