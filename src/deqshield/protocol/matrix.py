@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deqshield.convergence import records_convergence
+from deqshield.attacks.base import AttackResult
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.protocol.sharding import Shard, current_shard
 from deqshield.protocol.specs import AttackSpec, defense_label
@@ -64,6 +65,18 @@ def nonconverged(model: Classifier, x: Tensor) -> Tensor:
     if not isinstance(model, DEQClassifier):
         return torch.zeros(len(x), dtype=torch.bool)
     return ~model.trajectory(x, record_states=False).converged
+
+
+def witness_nonconverged(model: Classifier, result: AttackResult) -> Tensor:
+    """(D, B): the forward solve of each defense's witness does not converge. The final
+    examples are solved once; only witnesses that differ from them are solved again."""
+    final = nonconverged(model, result.x_adv)
+    flags = final.expand(len(result.witnesses), -1).clone()
+    for d, witnesses in enumerate(result.witnesses):
+        differs = (witnesses != result.x_adv).flatten(1).any(dim=1)
+        if differs.any():
+            flags[d, differs] = nonconverged(model, witnesses[differs])
+    return flags
 
 
 @records_convergence  # the nonconverged fraction of every cell is recorded and flagged
@@ -122,8 +135,7 @@ def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec
         result = spec.attack.run(model, spec.path, x_all[part], y_all[part], defenses=defenses,
                                  start=None if starts is None else starts[:, part])
         broken[:, part] = result.broken
-        for d, witnesses in enumerate(result.witnesses):
-            unconverged[d, part] = nonconverged(model, witnesses)
+        unconverged[:, part] = witness_nonconverged(model, result)
         findings.extend(f for f in result.findings if f not in findings)
         tick(len(part))
     return broken, unconverged, findings
