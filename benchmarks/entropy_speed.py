@@ -18,7 +18,7 @@ import torch
 from results_io import write_results
 
 from deqshield.models import ConvDEQ
-from deqshield.plots import plot_per_state
+from deqshield.evaluate.plots import plot_per_state
 from deqshield.readouts import EntropyReduction, Final
 from deqshield.solvers import Broyden
 

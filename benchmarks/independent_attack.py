@@ -26,9 +26,9 @@ import torch
 from pydantic import TypeAdapter
 from torch import Tensor, nn
 
-from deqshield.protocol.matrix import materialize
+from deqshield.evaluate.matrix import materialize
 from deqshield.readouts import ReadoutSpec
-from deqshield.runs import load_run
+from deqshield.io.runs import load_run
 
 
 def unrolled_logits(model, x: Tensor, depth: int) -> Tensor:

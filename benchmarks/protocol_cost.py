@@ -27,10 +27,10 @@ from deqshield.attacks import PGD
 from deqshield.data import load_dataset
 from deqshield.models import ConvDEQ
 from deqshield.paths import FinalState
-from deqshield.protocol import run_protocol
-from deqshield.protocol.matrix import materialize, predict
-from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import AttackBudget, standard_protocol
+from deqshield.evaluate import run_protocol
+from deqshield.evaluate.matrix import materialize, predict
+from deqshield.evaluate.specs import Screening
+from deqshield.evaluate.standard import AttackBudget, standard_protocol
 from deqshield.readouts import Final
 from deqshield.settings import settings_dict
 from deqshield.solvers import Broyden

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from results_io import write_results
 
-from deqshield.runs import load_run
+from deqshield.io.runs import load_run
 from deqshield.smoothing import Certificate, LowerBound, Smoothing, broken_certificates
 
 

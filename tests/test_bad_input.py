@@ -22,19 +22,19 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deqshield import cli_args
+from deqshield.cli import args as cli_args
 from deqshield.attacks import PGD
 from deqshield.cli import main
-from deqshield.config import load_config, parse_config
+from deqshield.io.config import load_config, parse_config
 from deqshield.convergence import ConvergencePolicy, convergence_policy
 from deqshield.errors import (CheckpointError, ConfigError, InputError,
                               NonConvergenceWarning, NotConvergedError)
 from deqshield.models import ConvDEQ
 from deqshield.paths import FinalState
-from deqshield.protocol import run_protocol
-from deqshield.protocol.specs import AttackSpec, Protocol
+from deqshield.evaluate import run_protocol
+from deqshield.evaluate.specs import AttackSpec, Protocol
 from deqshield.readouts import Early, Ensemble, Final
-from deqshield.runs import load_run
+from deqshield.io.runs import load_run
 from deqshield.solvers import Picard
 from deqshield.training.run import train
 
@@ -177,7 +177,7 @@ def test_case05_read_only_file_system(run, tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("deqshield.cli_args.tempfile.TemporaryFile", read_only)
+    monkeypatch.setattr("deqshield.cli.args.tempfile.TemporaryFile", read_only)
     refused("evaluate", run, "--eps", "0.1", "--out", tmp_path / "e", unchanged=run,
             says=("Read-only file system",))
     refused("train", run / "config.yaml", "--out", tmp_path / "t", unchanged=run,
@@ -188,7 +188,7 @@ def test_case06_full_disk_while_plotting_keeps_results_json(run, tmp_path, monke
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.png"))
 
-    monkeypatch.setattr("deqshield.evaluation.plot_per_state", full_disk)
+    monkeypatch.setattr("deqshield.evaluate.run.plot_per_state", full_disk)
     out = tmp_path / "evaluation"
     err = refused("evaluate", run, "--eps", "0.05", "--out", out, "--limit", "4",
                   "--early-index", "2", "--no-autoattack", "--quiet", unchanged=run,
@@ -360,7 +360,7 @@ def nothing_loaded():
     def forbidden(*args, **kwargs):
         raise AssertionError("a data set was loaded before the arguments were checked")
 
-    targets = ("deqshield.runs", "deqshield.evaluation", "deqshield.training.run")
+    targets = ("deqshield.io.runs", "deqshield.evaluate.run", "deqshield.training.run")
     with contextlib.ExitStack() as stack:
         for module in targets:
             stack.enter_context(mock.patch(f"{module}.load_dataset", forbidden))

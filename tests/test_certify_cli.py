@@ -10,11 +10,11 @@ import torch
 
 from deqshield.attacks.pgd import PGD
 from deqshield.certify import CNN7Config, CerDEQ, CerDEQConfig, certify, cnn7_matching_budget
-from deqshield.certify.training import EpsilonSchedule
-from deqshield.checkpoint import load_checkpoint
+from deqshield.certify.objective import EpsilonSchedule
+from deqshield.io.checkpoint import load_checkpoint
 from deqshield.cli import main
-from deqshield.certification import certify_run
-from deqshield.config import load_config, parse_config
+from deqshield.certify.run import certify_run
+from deqshield.io.config import load_config, parse_config
 from deqshield.data import load_dataset
 from deqshield.errors import ConfigError
 from deqshield.paths import FinalState

@@ -1,4 +1,4 @@
-"""deqshield.checkpoint: exact round trips, resume equivalence, crash safety, corruption."""
+"""deqshield.io.checkpoint: exact round trips, resume equivalence, crash safety, corruption."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from deqshield import atomic, checkpoint
-from deqshield.checkpoint import (
+from deqshield.io import atomic, checkpoint
+from deqshield.io.checkpoint import (
     best_checkpoint,
     capture_rng_state,
     latest_checkpoint,
@@ -204,7 +204,7 @@ def test_failed_save_keeps_previous_checkpoint(
 SAVE_FOREVER = textwrap.dedent(
     """
     import sys, torch
-    from deqshield.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from deqshield.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     run_dir = sys.argv[1]
     model = torch.nn.Linear(256, 256)
     step = load_checkpoint(run_dir, model=model).step if latest_checkpoint(run_dir) else 0

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from deqshield.cli import main
-from deqshield.config import dump_config, load_config, parse_config
-from deqshield.demo import TINY, run_demo
+from deqshield.io.config import dump_config, load_config, parse_config
+from deqshield.demo.run import TINY, run_demo
 from deqshield.errors import ConfigError
 
 
@@ -81,8 +81,8 @@ def test_cli_demo_refuses_to_overwrite_a_previous_demo(demo_dir, capsys):
 def test_config_reference_is_current():
     from pathlib import Path
 
-    from deqshield.config_reference import render
+    from deqshield.io.config_reference import render
 
     reference = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert reference.read_text() == render(), \
-        "regenerate: python -m deqshield.config_reference > docs/config.md"
+        "regenerate: python -m deqshield.io.config_reference > docs/config.md"

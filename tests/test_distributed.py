@@ -52,7 +52,7 @@ EVAL_CONFIG = digits_deq_config(limit_train=64, downsample=2, solver="anderson")
 def test_two_gloo_processes_evaluate_like_one(tmp_path):
     """torchrun shards the test samples; the merged per-sample verdicts equal one process's."""
     from deqshield.cli import main
-    from deqshield.config import parse_config
+    from deqshield.io.config import parse_config
     from deqshield.training.run import train
 
     run = tmp_path / "run"

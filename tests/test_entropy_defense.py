@@ -7,7 +7,7 @@ import torch
 
 from deqshield.attacks import PGD
 from deqshield.data import load_dataset
-from deqshield.diagnostics import prediction_entropy
+from deqshield.readouts.entropy import prediction_entropy
 from deqshield.models import ConvDEQ, DenseDEQ
 from deqshield.paths import EntropyBPDA, ThroughEntropyReduction, UnrolledIntermediate
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import digits_deq_config
 from deqshield.cli import main
-from deqshield.config import parse_config
-from deqshield.evaluation import evaluate_run
+from deqshield.io.config import parse_config
+from deqshield.evaluate.run import evaluate_run
 from deqshield.training.run import train
 
 CONFIG = digits_deq_config(limit_train=96, downsample=1, solver="broyden")
@@ -56,7 +56,7 @@ def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, cap
 
 def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
     from deqshield.data import load_dataset
-    from deqshield.evaluation import evaluate_model
+    from deqshield.evaluate.run import evaluate_model
     from deqshield.models import SmallCNN
 
     test = load_dataset("digits", "test")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from deqshield.attacks import cross_entropy
-from deqshield.config import parse_config
+from deqshield.io.config import parse_config
 from deqshield.models import SmallCNN
 from deqshield.training import FastAT, FreeAT, StepRandomness
 from deqshield.training.run import train
@@ -84,7 +84,7 @@ def test_free_at_replays_each_batch_in_a_training_run(tmp_path):
 def test_the_overfit_guard_restores_the_best_weights_and_stops(tmp_path, monkeypatch):
     """Provoked collapse: the dev robust accuracy reads 0.6 after epoch 1, 0.1 after epoch 2."""
     import deqshield.training.loop as loop
-    from deqshield.checkpoint import best_checkpoint, load_checkpoint
+    from deqshield.io.checkpoint import best_checkpoint, load_checkpoint
 
     scores = iter([0.6, 0.1, 0.5, 0.5])
     monkeypatch.setattr(loop, "robust_accuracy", lambda *args, **kwargs: next(scores))

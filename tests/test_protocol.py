@@ -10,8 +10,8 @@ from deqshield.attacks import PGD, AutoAttackBridge
 from deqshield.models import ConvDEQ
 from deqshield.solvers import Anderson
 from deqshield.paths import FinalState
-from deqshield.protocol.verdicts import CLEAN_ERROR
-from deqshield.protocol import (BROKEN, SKIPPED, SURVIVED, AttackSpec, Protocol, VerdictTable,
+from deqshield.evaluate.verdicts import CLEAN_ERROR
+from deqshield.evaluate import (BROKEN, SKIPPED, SURVIVED, AttackSpec, Protocol, VerdictTable,
                                 evaluate_matrix, obfuscation_flags, run_protocol,
                                 select_early_index, transfer)
 from deqshield.readouts import Early, Ensemble, Final
@@ -141,7 +141,7 @@ def test_select_early_index(setup):
 
 
 def test_intermediate_sweep_specs():
-    sweep = pytest.importorskip("deqshield.protocol.sweep",
+    sweep = pytest.importorskip("deqshield.evaluate.sweep",
                                 reason="deqshield.paths.UnrolledIntermediate not available yet")
     specs = list(sweep.intermediate_sweep([1, 2, 3], PGD_FIXED))
     assert len(specs) == 3 * 9 * 2

@@ -11,11 +11,11 @@ from torch.utils.data import TensorDataset
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
 from deqshield.models import ConvDEQ, DEQClassifier
-from deqshield.protocol import AttackSpec, Protocol, evaluate_matrix, run_protocol
-from deqshield.protocol.screening import screen_attacks
-from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import full_unroll, redundant_early, standard_protocol
-from deqshield.protocol.verdicts import BROKEN
+from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
+from deqshield.evaluate.screening import screen_attacks
+from deqshield.evaluate.specs import Screening
+from deqshield.evaluate.standard import full_unroll, redundant_early, standard_protocol
+from deqshield.evaluate.verdicts import BROKEN
 from deqshield.readouts import Final
 from deqshield.solvers import Anderson, Picard
 

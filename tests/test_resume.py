@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deqshield.config import parse_config
+from deqshield.io.config import parse_config
 from deqshield.errors import InputError
 from deqshield.training.run import train, weights_digest
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from deqshield.attacks.pgd import PGD
 from deqshield.cli import main
-from deqshield.config import parse_config
+from deqshield.io.config import parse_config
 from deqshield.errors import InputError
 from deqshield.models import DenseDEQ
 from deqshield.models.base import Classifier

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deqshield.attacks.pgd import PGD
-from deqshield.config import ExperimentConfig, TrainConfig, load_config, parse_config
+from deqshield.io.config import ExperimentConfig, TrainConfig, load_config, parse_config
 from deqshield.data import ArrayDataset
 from deqshield.gradients import Phantom
 from deqshield.models import ConvDEQ, ModelSpec
@@ -18,7 +18,7 @@ from deqshield.solvers import Anderson
 from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
                                 TrainingDivergedError, fit)
 from deqshield.training.distributed import Context
-from deqshield.training.evaluation import accuracy, robust_accuracy
+from deqshield.training.accuracy import accuracy, robust_accuracy
 from deqshield.training.objectives import Warmup, forward
 
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=2)
@@ -229,7 +229,7 @@ def test_shipped_configs_validate():
 def test_a_run_remembers_its_data_directory(tmp_path):
     import yaml
 
-    from deqshield.config import parse_config
+    from deqshield.io.config import parse_config
     from deqshield.training.run import train
 
     config = {"data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 32},

@@ -14,12 +14,12 @@ import torch
 from pydantic import ValidationError
 
 from deqshield import zoo
-from deqshield.certification import certify_run
+from deqshield.certify.run import certify_run
 from deqshield.cli import main
-from deqshield.config import parse_config
+from deqshield.io.config import parse_config
 from deqshield.errors import CheckpointError, DataError, InputError
-from deqshield.evaluation import evaluate_run
-from deqshield.runs import load_run
+from deqshield.evaluate.run import evaluate_run
+from deqshield.io.runs import load_run
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
 from deqshield.zoo.cards import card_json, read_card
@@ -294,7 +294,7 @@ def test_slice_predictions_of_an_mnist_model_are_checked(in_zoo, tmp_path, monke
     import safetensors.torch
     import yaml
 
-    from deqshield.config import dump_config
+    from deqshield.io.config import dump_config
 
     (folder / store.WEIGHTS).write_bytes(safetensors.torch.save(model.state_dict()))
     (folder / store.CONFIG).write_text(yaml.safe_dump(dump_config(config)))

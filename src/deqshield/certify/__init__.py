@@ -4,7 +4,8 @@ The flow: input box -> interval bounds through explicit layers (:mod:`.intervals
 each DEQ layer's adjoint DEQ (:mod:`.adjoint`) -> certified margins (:mod:`.certificate`).
 Fusion weights are Björck-orthogonalised and scaled so the adjoint DEQ is a contraction
 (:mod:`.orthogonal`, :mod:`.fusion`); :mod:`.layers`, :mod:`.models` and :mod:`.baseline`
-build the classifiers, :mod:`.init` and :mod:`.training` the Fast-IBP-style objective.
+build the classifiers, :mod:`.initialization` and :mod:`.objective` the Fast-IBP-style
+objective; :mod:`.run` is the ``deqshield certify`` driver.
 """
 
 from deqshield.certify.adjoint import (AdjointSolve, ConvFusion, DenseFusion, EquilibriumBound,
@@ -20,7 +21,7 @@ from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
 from deqshield.certify.models import CerDEQ, CerDEQConfig, CertifiableClassifier, Evaluation
 from deqshield.certify.orthogonal import (bjorck, conv_operator_norm, infinity_norm,
                                           scaled_orthogonal, second_scaling)
-from deqshield.certify.training import (CertifiedLoss, CertifiedObjective, EpsilonSchedule,
+from deqshield.certify.objective import (CertifiedLoss, CertifiedObjective, EpsilonSchedule,
                                         certified_loss, certified_objective,
                                         relu_balance_regularizer, tightness_regularizer)
 

@@ -33,13 +33,18 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from deqshield.predictions import prediction_entropy
 from deqshield.models import DEQClassifier
 from deqshield.readouts.states import Early, Ensemble, Final
 from deqshield.settings import component
 from deqshield.threat import project
 from deqshield.validation import check_bounds, check_eps, check_range
 from deqshield.solvers import Broyden, FixedPointSolver, SolverStep
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """H = -sum_c p_c log p_c per sample, p = softmax(logits)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from deqshield.runs import load_run
+from deqshield.io.runs import load_run
 from deqshield.smoothing.report import certify_samples, summarize, write_report
 from deqshield.smoothing.sampling import Smoothing
 

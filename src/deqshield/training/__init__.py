@@ -1,7 +1,7 @@
 """Training: objectives (standard, PGD-AT, TRADES, random intermediate states), the loop with
 checkpoints/resume/selection, and ``train`` (in :mod:`deqshield.training.run`) for configs."""
 
-from deqshield.training.evaluation import accuracy, robust_accuracy
+from deqshield.training.accuracy import accuracy, robust_accuracy
 from deqshield.training.fit import fit
 from deqshield.training.loop import EpochRecord, TrainHistory, Trainer, TrainingDivergedError
 from deqshield.training.fast_at import FastAT, FreeAT

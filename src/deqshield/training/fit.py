@@ -23,7 +23,7 @@ def fit(model: nn.Module, train_data: ArrayDataset, *, epochs: int, batch_size: 
     """Train ``model`` in place (single process, CPU) and return the per-epoch history; the dev
     metric is the clean accuracy on ``eval_data``. Use :func:`deqshield.training.run.train`
     for checkpoints, resume, robust selection and multiple processes."""
-    from deqshield.config import SelectionConfig, TrainConfig
+    from deqshield.io.config import SelectionConfig, TrainConfig
 
     settings = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, objective=objective,
                            weight_decay=weight_decay, grad_clip=grad_clip,

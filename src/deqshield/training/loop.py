@@ -25,18 +25,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from deqshield.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from deqshield.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from deqshield.data import ArrayDataset
 from deqshield.errors import DEQShieldError
 from deqshield.gradients import Backprop
 from deqshield.training.distributed import Context, epoch_indices
-from deqshield.training.evaluation import accuracy, certified_accuracy, robust_accuracy
+from deqshield.training.accuracy import accuracy, certified_accuracy, robust_accuracy
 from deqshield.training.metrics import MetricsLog
 from deqshield.training.objectives import Certified, StepRandomness
 from deqshield.training.step import TrainStep
 
 if TYPE_CHECKING:
-    from deqshield.config import TrainConfig
+    from deqshield.io.config import TrainConfig
 
 
 class TrainingDivergedError(DEQShieldError, RuntimeError):

@@ -296,7 +296,7 @@ class TRADES:
 class Certified:
     """Certified training: L = (L_c + lambda_n L_n) / (1 + lambda_n) + lambda (L_t + L_r) at
     eps_now = ``schedule(step)``, lambda = lambda_0 (1 - eps_now / eps), eps =
-    ``schedule.target`` (see :mod:`deqshield.certify.training`; ``weights`` holds lambda_n,
+    ``schedule.target`` (see :mod:`deqshield.certify.objective`; ``weights`` holds lambda_n,
     lambda_0, tau and the valid input range). The logits reported are the clean ones."""
 
     name: Literal["certified"] = "certified"

@@ -1,7 +1,7 @@
 """``train(config, run_dir)``: a whole experiment from a config, single- or multi-process.
 
 ``run_dir`` receives ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/`` (latest and best,
-see :mod:`deqshield.checkpoint`). The training split is divided by ``data.dev_fraction`` into a
+see :mod:`deqshield.io.checkpoint`). The training split is divided by ``data.dev_fraction`` into a
 training part and the dev part used for best-checkpoint selection.
 """
 
@@ -18,12 +18,12 @@ import torch
 import yaml
 from torch import nn
 
-from deqshield.atomic import replace_atomically
-from deqshield.checkpoint import best_checkpoint, latest_checkpoint
-from deqshield.config import ExperimentConfig, dump_config, load_config
+from deqshield.io.atomic import replace_atomically
+from deqshield.io.checkpoint import best_checkpoint, latest_checkpoint
+from deqshield.io.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, dev_split, load_dataset
 from deqshield.errors import InputError
-from deqshield.runs import check_resumable
+from deqshield.io.runs import check_resumable
 from deqshield.training.distributed import Context, setup, teardown
 from deqshield.training.loop import TrainHistory, Trainer
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from deqshield.atomic import replace_atomically
+from deqshield.io.atomic import replace_atomically
 from deqshield.errors import CheckpointError, InputError
 from deqshield.settings import component, settings_dict
 

@@ -27,10 +27,11 @@ from typing import Any, Callable, Optional, Sequence
 import safetensors.torch
 import yaml
 
-from deqshield import __version__, atomic
-from deqshield.config import ExperimentConfig, dump_config
+from deqshield import __version__
+from deqshield.io import atomic
+from deqshield.io.config import ExperimentConfig, dump_config
 from deqshield.errors import InputError, OutputError
-from deqshield.runs import RunPath, load_run
+from deqshield.io.runs import RunPath, load_run
 from deqshield.zoo import store
 from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
 from deqshield.zoo.slices import slice_predictions

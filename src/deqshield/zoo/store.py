@@ -17,7 +17,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 from torch import nn
 
-from deqshield.config import ExperimentConfig, load_config
+from deqshield.io.config import ExperimentConfig, load_config
 from deqshield.errors import CheckpointError, InputError
 from deqshield.zoo.cards import Card, read_card
 

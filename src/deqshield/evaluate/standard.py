@@ -48,8 +48,8 @@ from deqshield.paths import (
     UnrolledEnsemble,
     UnrolledIntermediate,
 )
-from deqshield.protocol.specs import AttackSpec, Protocol, Screening
-from deqshield.protocol.sweep import intermediate_sweep
+from deqshield.evaluate.specs import AttackSpec, Protocol, Screening
+from deqshield.evaluate.sweep import intermediate_sweep
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final, Readout
 from deqshield.settings import component
 from deqshield.solvers import Broyden

@@ -14,8 +14,8 @@ from typing import Literal, Optional, Union
 from torch import nn
 
 from deqshield import zoo
-from deqshield.checkpoint import CheckpointInfo, latest_checkpoint, load_checkpoint
-from deqshield.config import ExperimentConfig, dump_config, load_config
+from deqshield.io.checkpoint import CheckpointInfo, latest_checkpoint, load_checkpoint
+from deqshield.io.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, load_dataset
 from deqshield.errors import CheckpointError, ConfigError, InputError
 from deqshield.zoo import store

@@ -34,12 +34,12 @@ from torch import Tensor
 from deqshield.attacks.pgd import PGD
 from deqshield.certify import (CNN7, CerDEQ, CertifiableClassifier, Interval, certify,
                                input_box, propagate, unrolled_interval)
-from deqshield.atomic import replace_atomically
+from deqshield.io.atomic import replace_atomically
 from deqshield.data import ArrayDataset
 from deqshield.errors import InputError
 from deqshield.paths import FinalState
 from deqshield.readouts import Final
-from deqshield.runs import RunPath, load_run, output_dir, run_config
+from deqshield.io.runs import RunPath, load_run, output_dir, run_config
 from deqshield.training.objectives import Certified
 from deqshield.validation import INPUT_RANGE, check_eps, check_number
 

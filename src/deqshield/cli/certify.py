@@ -1,4 +1,4 @@
-"""``deqshield certify RUN``: a thin wrapper over :func:`deqshield.certification.certify_run`."""
+"""``deqshield certify RUN``: a thin wrapper over :func:`deqshield.certify.run.certify_run`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from deqshield.certification import certify_run
-from deqshield.cli_args import CERTIFY, check_options, prepare_output_dir
-from deqshield.runs import output_dir, run_config
+from deqshield.certify.run import certify_run
+from deqshield.cli.args import CERTIFY, check_options, prepare_output_dir
+from deqshield.io.runs import output_dir, run_config
 
 
 def _certify(args: argparse.Namespace) -> int:

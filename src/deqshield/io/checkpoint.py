@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from torch.optim.lr_scheduler import LRScheduler
 
-from deqshield import atomic
+from deqshield.io import atomic
 from deqshield.errors import CheckpointError, InputError
 
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ Attacks act per sample, and their randomness (PGD's random starts) is drawn once
 for every sample, not per batch, so an early-exit run gives the same per-sample verdicts as the
 exhaustive one; AutoAttack draws its own randomness per batch (equal in distribution).
 Under ``torchrun`` each process attacks its shard of the samples
-(:mod:`deqshield.protocol.sharding`) and every column's outcomes are merged.
+(:mod:`deqshield.evaluate.sharding`) and every column's outcomes are merged.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from deqshield.convergence import records_convergence
 from deqshield.attacks.base import AttackResult
 from deqshield.models import Classifier, DEQClassifier
-from deqshield.protocol.sharding import Shard, current_shard
-from deqshield.protocol.specs import AttackSpec, defense_label
-from deqshield.protocol.verdicts import SURVIVED, VerdictTable, as_verdict
+from deqshield.evaluate.sharding import Shard, current_shard
+from deqshield.evaluate.specs import AttackSpec, defense_label
+from deqshield.evaluate.verdicts import SURVIVED, VerdictTable, as_verdict
 from deqshield.readouts.base import Readout
 
 

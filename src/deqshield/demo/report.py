@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any, Optional
 
-from deqshield.plots import plot_bars
+from deqshield.evaluate.plots import plot_bars
 
 STORY = (
     "A DEQ's forward pass is a trajectory of solver states. Ready-made attacks differentiate "

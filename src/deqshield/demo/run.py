@@ -25,15 +25,15 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from deqshield.certification import certify_run
+from deqshield.certify.run import certify_run
 from deqshield.certify import CerDEQConfig, cnn7_matching_budget
-from deqshield.config import parse_config
+from deqshield.io.config import parse_config
 from deqshield.data import dev_split, load_dataset
-from deqshield.demo_report import write_demo_report
+from deqshield.demo.report import write_demo_report
 from deqshield.errors import InputError
-from deqshield.evaluation import evaluate_model
+from deqshield.evaluate.run import evaluate_model
 from deqshield.readouts import EntropyReduction
-from deqshield.runs import load_run
+from deqshield.io.runs import load_run
 from deqshield import zoo
 from deqshield.settings import settings_dict
 from deqshield.training.run import train

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from deqshield.attacks.pgd import PGD, READY_MADE
 from deqshield.models import DEQClassifier
 from deqshield.paths import FinalState
-from deqshield.protocol.matrix import evaluate_matrix
-from deqshield.protocol.specs import AttackSpec, defense_label
+from deqshield.evaluate.matrix import evaluate_matrix
+from deqshield.evaluate.specs import AttackSpec, defense_label
 from deqshield.readouts import Early
 
 

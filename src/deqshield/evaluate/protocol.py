@@ -1,4 +1,4 @@
-"""Run a :class:`~deqshield.protocol.specs.Protocol` end to end: screening, matrix, flags,
+"""Run a :class:`~deqshield.evaluate.specs.Protocol` end to end: screening, matrix, flags,
 results."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any, Optional
 from torch.utils.data import Dataset, Subset
 
 from deqshield.models import Classifier
-from deqshield.protocol.flags import obfuscation_flags
-from deqshield.protocol.matrix import evaluate_matrix
-from deqshield.protocol.report import results_dict, write_report
-from deqshield.protocol.screening import screen_attacks, with_screened
-from deqshield.protocol.specs import Protocol
+from deqshield.evaluate.flags import obfuscation_flags
+from deqshield.evaluate.matrix import evaluate_matrix
+from deqshield.evaluate.report import results_dict, write_report
+from deqshield.evaluate.screening import screen_attacks, with_screened
+from deqshield.evaluate.specs import Protocol
 
 
 def run_protocol(protocol: Protocol, model: Classifier, data: Dataset, *,

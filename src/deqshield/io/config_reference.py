@@ -1,16 +1,16 @@
 """The config-file reference (``docs/config.md``), generated from the validated settings
-classes so that it cannot drift from the code: ``python -m deqshield.config_reference``."""
+classes so that it cannot drift from the code: ``python -m deqshield.io.config_reference``."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from deqshield.config import ExperimentConfig
+from deqshield.io.config import ExperimentConfig
 
 HEADER = """# Config reference
 
-Generated from the settings classes by `python -m deqshield.config_reference > docs/config.md`
+Generated from the settings classes by `python -m deqshield.io.config_reference > docs/config.md`
 (a test checks that this file is current). Every section rejects unknown keys. A section with
 a `name` key is one of several classes, chosen by that name.
 

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from deqshield.cli_args import ZOO_ADD, check_options
-from deqshield.cli_errors import add_debug_flag
+from deqshield.cli.args import ZOO_ADD, check_options
+from deqshield.cli.errors import add_debug_flag
 from deqshield.zoo import store
 from deqshield.zoo.cards import card_json
 from deqshield.zoo.render import percent

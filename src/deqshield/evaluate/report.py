@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from deqshield.atomic import replace_atomically
-from deqshield.protocol.flags import Flag
-from deqshield.protocol.specs import AttackSpec, Protocol
-from deqshield.protocol.verdicts import BROKEN, SKIPPED, SURVIVED, UNTESTED, VerdictTable
+from deqshield.io.atomic import replace_atomically
+from deqshield.evaluate.flags import Flag
+from deqshield.evaluate.specs import AttackSpec, Protocol
+from deqshield.evaluate.verdicts import BROKEN, SKIPPED, SURVIVED, UNTESTED, VerdictTable
 from deqshield.settings import settings_dict
 
 SCHEMA_VERSION = 1

@@ -7,12 +7,12 @@
    (Fig. 2b), prediction entropy per state, the relative deviation of perturbed from clean
    trajectories (regulating-dynamics Fig. 3c) and, with the entropy defense, its entropy change
    per state (Fig. 3b);
-3. the defense x attack matrix of :func:`deqshield.protocol.standard.standard_protocol`, its
+3. the defense x attack matrix of :func:`deqshield.evaluate.standard.standard_protocol`, its
    min-max and per-sample worst-case aggregates and obfuscation flags;
 4. ``results.json``, ``report.md`` and PNG plots in the output folder.
 
 Under ``torchrun`` every process evaluates its shard of the test samples and holds the merged
-table (:mod:`deqshield.protocol.sharding`); only rank 0 writes.
+table (:mod:`deqshield.evaluate.sharding`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from deqshield.attacks.pgd import READY_MADE
 from deqshield.data import dev_split, load_dataset
-from deqshield.diagnostics import (
+from deqshield.evaluate.diagnostics import (
     adversarial_dataset,
     dynamics_deviation,
     entropy_change,
@@ -36,19 +36,19 @@ from deqshield.diagnostics import (
 )
 from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
-from deqshield.plots import plot_matrix, plot_per_state
-from deqshield.protocol import run_protocol, select_early_index, write_report
-from deqshield.protocol.report import write_results
-from deqshield.protocol.sharding import current_shard
-from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import (
+from deqshield.evaluate.plots import plot_matrix, plot_per_state
+from deqshield.evaluate import run_protocol, select_early_index, write_report
+from deqshield.evaluate.report import write_results
+from deqshield.evaluate.sharding import current_shard
+from deqshield.evaluate.specs import Screening
+from deqshield.evaluate.standard import (
     AttackBudget,
     explicit_protocol,
     redundant_early,
     standard_protocol,
 )
 from deqshield.readouts import EntropyReduction
-from deqshield.runs import RunPath, load_run, output_dir
+from deqshield.io.runs import RunPath, load_run, output_dir
 from deqshield.solvers import solver_named
 from deqshield.validation import check_eps, check_index, check_number
 
@@ -71,7 +71,7 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
     network gets its output attacked by PGD-10, APGD and Square instead). The early
     index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
     those columns of the standard attack set (all by default); ``screening`` ranks the attacks
-    on a few samples first (:mod:`deqshield.protocol.screening`)."""
+    on a few samples first (:mod:`deqshield.evaluate.screening`)."""
     check_eps(eps, name="eps")
     if limit is not None:
         check_number("limit", limit, minimum=1, integer=True)

@@ -1,5 +1,5 @@
 """``deqshield evaluate RUN``: the white-box evaluation of a trained run (thin over
-:func:`deqshield.evaluation.evaluate_run`)."""
+:func:`deqshield.evaluate.run.evaluate_run`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import os
 
 import torch.distributed as dist
 
-from deqshield.cli_args import EVALUATE, check_options, prepare_output_dir
-from deqshield.evaluation import evaluate_run
-from deqshield.protocol.sharding import current_shard
-from deqshield.protocol.specs import Screening
-from deqshield.protocol.standard import BUDGETS, AttackBudget
+from deqshield.cli.args import EVALUATE, check_options, prepare_output_dir
+from deqshield.evaluate.run import evaluate_run
+from deqshield.evaluate.sharding import current_shard
+from deqshield.evaluate.specs import Screening
+from deqshield.evaluate.standard import BUDGETS, AttackBudget
 from deqshield.readouts import EntropyReduction
-from deqshield.runs import output_dir, run_config
+from deqshield.io.runs import output_dir, run_config
 from deqshield.solvers import SOLVER_NAMES
 from deqshield.training.distributed import launched_by_torchrun
 from deqshield.validation import check_index

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from deqshield import __version__
-from deqshield.cli_certify import add_certify_command
-from deqshield.cli_errors import OneLineParser, add_debug_flag, run_command
-from deqshield.cli_evaluate import add_evaluate_command
-from deqshield.cli_smooth import add_smooth_command
-from deqshield.cli_train import add_train_command
-from deqshield.cli_zoo import add_zoo_command
+from deqshield.cli.certify import add_certify_command
+from deqshield.cli.errors import OneLineParser, add_debug_flag, run_command
+from deqshield.cli.evaluate import add_evaluate_command
+from deqshield.cli.smooth import add_smooth_command
+from deqshield.cli.train import add_train_command
+from deqshield.cli.zoo import add_zoo_command
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from deqshield.demo import FULL, TINY, run_demo
+    from deqshield.demo.run import FULL, TINY, run_demo
 
     run_demo(Path(args.out), TINY if args.tiny else FULL, progress=not args.quiet)
     return 0
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line ``argv``; returns the exit code (see :mod:`deqshield.cli_errors`)."""
+    """Run the command line ``argv``; returns the exit code (see :mod:`deqshield.cli.errors`)."""
     args = build_parser().parse_args(argv)
     return run_command(args.run, args)
 

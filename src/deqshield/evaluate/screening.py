@@ -28,9 +28,9 @@ from typing import Any
 from torch.utils.data import Dataset, Subset
 
 from deqshield.models import Classifier
-from deqshield.protocol.matrix import evaluate_matrix
-from deqshield.protocol.specs import AttackSpec, Screening
-from deqshield.protocol.verdicts import BROKEN, VerdictTable
+from deqshield.evaluate.matrix import evaluate_matrix
+from deqshield.evaluate.specs import AttackSpec, Screening
+from deqshield.evaluate.verdicts import BROKEN, VerdictTable
 from deqshield.readouts.base import Readout
 
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
-from deqshield.protocol.specs import AttackSpec
-from deqshield.protocol.verdicts import VerdictTable
+from deqshield.evaluate.specs import AttackSpec
+from deqshield.evaluate.verdicts import VerdictTable
 
 FlagKind = Literal["square-beats-gradient", "nonconverged", "autoattack"]
 

@@ -72,7 +72,7 @@ class AttackSpec:
 @component
 class Screening:
     """A cheap pass that ranks the attacks before the full run (see
-    :mod:`deqshield.protocol.screening`): every cheap gradient attack (PGD with each gradient
+    :mod:`deqshield.evaluate.screening`): every cheap gradient attack (PGD with each gradient
     path) runs on the first ``samples`` evaluation samples; the full run keeps the ``keep``
     strongest (strongest first) and feeds the expensive gradient attacks (APGD) the ``follow``
     strongest paths. The others keep their screening verdicts, on the screened samples."""

@@ -10,8 +10,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from deqshield.models import Classifier
-from deqshield.protocol.matrix import cell_examples, materialize, predict
-from deqshield.protocol.specs import AttackSpec
+from deqshield.evaluate.matrix import cell_examples, materialize, predict
+from deqshield.evaluate.specs import AttackSpec
 from deqshield.readouts.base import Readout
 
 

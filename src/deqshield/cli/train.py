@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deqshield.checkpoint import latest_checkpoint
-from deqshield.cli_args import prepare_output_dir
-from deqshield.cli_errors import INTERRUPTED
-from deqshield.config import load_config
+from deqshield.io.checkpoint import latest_checkpoint
+from deqshield.cli.args import prepare_output_dir
+from deqshield.cli.errors import INTERRUPTED
+from deqshield.io.config import load_config
 from deqshield.validation import check_device
 
 

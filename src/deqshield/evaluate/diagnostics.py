@@ -10,7 +10,7 @@ States are streamed through the solver's callback, so memory is O(1) in N.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,11 +20,8 @@ from deqshield.attacks.pgd import PGD
 from deqshield.models import DEQClassifier
 from deqshield.paths.base import GradientPath
 from deqshield.paths.final_state import FinalState
-from deqshield.predictions import prediction_entropy
+from deqshield.readouts.entropy import EntropyReduction, prediction_entropy
 from deqshield.solvers import FixedPointSolver, SolverStep
-
-if TYPE_CHECKING:
-    from deqshield.readouts.entropy import EntropyReduction
 
 
 @dataclass
@@ -126,7 +123,7 @@ def dynamics_deviation(model: DEQClassifier, x: Tensor, x_perturbed: Tensor) -> 
                   .mean()) for c, p in zip(clean[1:], perturbed[1:])]
 
 
-def entropy_change(model: DEQClassifier, defense: "EntropyReduction", x: Tensor) -> list[float]:
+def entropy_change(model: DEQClassifier, defense: EntropyReduction, x: Tensor) -> list[float]:
     """Mean change of prediction entropy H(z_n) per state caused by the entropy-reduction
     defense, Delta H(z_n) = H(regulated z_n) - H(plain z_n) (Fig. 3b of
     regulating-dynamics-icml23); negative values mean the defense lowered the entropy."""

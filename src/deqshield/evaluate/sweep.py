@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 from deqshield.attacks.pgd import PGD
 from deqshield.paths import UnrolledIntermediate
-from deqshield.protocol.specs import AttackSpec
+from deqshield.evaluate.specs import AttackSpec
 
 SWEEP_STEPS: tuple[int, ...] = tuple(range(1, 10))
 SWEEP_DAMPINGS: tuple[float, ...] = (0.5, 1.0)

@@ -1,0 +1,1 @@
+"""Files on disk: experiment configs, run directories, checkpoints and atomic writes."""
