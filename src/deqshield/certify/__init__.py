@@ -18,17 +18,19 @@ from deqshield.certify.initialization import deq_extractor_init_, ibp_init_, ibp
 from deqshield.certify.intervals import (Interval, batch_norm_interval, conv2d_interval,
                                          input_box, linear_interval, margin_interval, propagate)
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
-from deqshield.certify.models import CerDEQ, CerDEQConfig, CertifiableClassifier, Evaluation
+from deqshield.certify.models import (CerDEQ, CerDEQConfig, CertifiableClassifier,
+                                      CertifiableOutput)
 from deqshield.certify.orthogonal import (bjorck, conv_operator_norm, infinity_norm,
                                           scaled_orthogonal, second_scaling)
 from deqshield.certify.objective import (CertifiedLoss, CertifiedObjective, EpsilonSchedule,
-                                        certified_loss, certified_objective,
-                                        relu_balance_regularizer, tightness_regularizer)
+                                         certified_loss, certified_objective,
+                                         relu_balance_regularizer, tightness_regularizer)
 
 __all__ = [
     "AdjointSolve", "CNN7", "CNN7Config", "CerDEQ", "CerDEQConfig", "CerDEQLayer",
-    "CertifiableClassifier", "CertifiedLoss", "CertifiedObjective", "ConvFusion", "DenseFusion",
-    "EpsilonSchedule", "EquilibriumBound", "EquilibriumSettings", "Evaluation", "FusionOperator",
+    "CertifiableClassifier", "CertifiableOutput", "CertifiedLoss", "CertifiedObjective",
+    "ConvFusion", "DenseFusion", "EpsilonSchedule", "EquilibriumBound", "EquilibriumSettings",
+    "FusionOperator",
     "FusionWeight", "Interval", "Parametrization", "batch_norm_interval", "bjorck",
     "certified_loss", "certified_margins", "certified_objective", "certify",
     "cnn7_matching_budget", "cnn7_parameter_count", "conv2d_interval", "conv_operator_norm",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from deqshield.certify.initialization import ibp_init_model_
 from deqshield.certify.intervals import Interval, margin_interval, propagate
-from deqshield.certify.models import (CertifiableClassifier, Evaluation, Positive,
+from deqshield.certify.models import (CertifiableClassifier, CertifiableOutput, Positive,
                                       check_data_matches)
 from deqshield.errors import InputError
 from deqshield.settings import component
@@ -99,11 +99,11 @@ class CNN7(CertifiableClassifier):
         self.head = nn.Linear(config.linear_width, config.num_classes)
         ibp_init_model_(self)
 
-    def evaluate(self, x: Tensor) -> Evaluation:
+    def evaluate(self, x: Tensor) -> CertifiableOutput:
         self.check_input(x)
         logits = self.head(self.features(x))
         batch = x.shape[0]
-        return Evaluation(logits, logits.new_zeros(batch, 0),
+        return CertifiableOutput(logits, logits.new_zeros(batch, 0),
                           torch.ones(batch, dtype=torch.bool, device=x.device))
 
     def margin_bounds(self, box: Interval, y: Tensor,

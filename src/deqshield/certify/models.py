@@ -57,7 +57,7 @@ def check_data_matches(config: SizedConfig, input_shape: Sequence[int],
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class CertifiableOutput:
     """logits (B, K); residuals (B, number of DEQ layers), infinity norm; valid (B,): whether
     the model answers (every residual <= its layer's tolerance)."""
 
@@ -72,7 +72,7 @@ class CertifiableClassifier(nn.Module):
     input_shape: tuple[int, ...]
     num_classes: int
 
-    def evaluate(self, x: Tensor) -> Evaluation:
+    def evaluate(self, x: Tensor) -> CertifiableOutput:
         raise NotImplementedError
 
     def margin_bounds(self, box: Interval, y: Tensor,
@@ -168,7 +168,7 @@ class CerDEQ(CertifiableClassifier):
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(config.linear_width, config.num_classes)
 
-    def evaluate(self, x: Tensor) -> Evaluation:
+    def evaluate(self, x: Tensor) -> CertifiableOutput:
         self.check_input(x)
         residuals = []
         z = x
@@ -177,7 +177,7 @@ class CerDEQ(CertifiableClassifier):
             residuals.append(residual)
         stacked = torch.stack(residuals, dim=1)
         valid = (stacked <= self.config.equilibrium.residual_tolerance).all(dim=1)
-        return Evaluation(self.head(z), stacked, valid)
+        return CertifiableOutput(self.head(z), stacked, valid)
 
     def margin_bounds(self, box: Interval, y: Tensor,
                       trace: Optional[list[Interval]] = None) -> Interval:

@@ -32,6 +32,7 @@ from deqshield.io import atomic
 from deqshield.io.config import ExperimentConfig, dump_config
 from deqshield.errors import InputError, OutputError
 from deqshield.io.runs import RunPath, load_run
+from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
 from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
 from deqshield.zoo.slices import slice_predictions
@@ -68,8 +69,7 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     run = load_run(run_dir, data_dir=data_dir)
     config, model = run.config, run.model
     solver = getattr(config.model, "solver", None)
-    weights = safetensors.torch.save({key: value.detach().cpu().contiguous()
-                                      for key, value in model.state_dict().items()})
+    weights = safetensors.torch.save(tensor_copies(model))
     card = Card(
         name=name, dataset=config.data.name, threat_model="Linf",
         input_shape=run.test.input_shape, num_classes=run.test.num_classes,
