@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from results_io import write_results
 
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.evaluate.plots import plot_per_state
 from deqshield.readouts import EntropyReduction, Final
 from deqshield.solvers import Broyden
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     batch, repeats = (16, 1) if args.quick else (128, 3)
-    model = ConvDEQ(channels=32, downsample=2, solver=Broyden(max_iter=8, tol=0.0)).build(
+    model = ConvDEQSettings(channels=32, downsample=2, solver=Broyden(max_iter=8, tol=0.0)).build(
         (1, 28, 28), 10).eval()
     x = torch.rand(batch, 1, 28, 28)
     intervals, steps = (1, 2, 4, 8), (0, 5, 10, 20)

@@ -1,6 +1,6 @@
 """Peak memory of one training step against the number N of forward solver iterations.
 
-A ``ConvDEQ`` classifier (32 channels, 32x32x3 input downsampled to a 32x16x16 state, so its
+A ``ConvDEQSettings`` classifier (32 channels, 32x32x3 input downsampled to a 32x16x16 state, so its
 cell is ``ConvCell(32, 0.5)``) takes one training step -- forward solve, cross-entropy loss,
 backward -- with the ``Phantom``, ``Implicit`` and ``Backprop`` gradient modes, the forward
 solver running exactly N steps (``tol=0``; ``record_states=False``, as ``DEQLayer.forward``
@@ -47,7 +47,7 @@ from results_io import write_results
 
 from deqshield.gradients import Backprop, Implicit, Phantom
 from deqshield.models.base import DEQClassifier
-from deqshield.models.conv_deq import ConvDEQ
+from deqshield.models.conv_deq import ConvDEQSettings
 from deqshield.solvers import Anderson, Broyden, Picard
 from deqshield.solvers.scratch import release_scratch
 
@@ -120,7 +120,7 @@ def calibrate(meter: CpuPeakMeter | CudaPeakMeter, device: torch.device) -> floa
 
 
 def build_model(device: torch.device) -> DEQClassifier:
-    return ConvDEQ(channels=32, downsample=2).build((3, 32, 32), 10).to(device)
+    return ConvDEQSettings(channels=32, downsample=2).build((3, 32, 32), 10).to(device)
 
 
 def train_step(model: DEQClassifier, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -189,7 +189,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xticks(cfg["iters"], [str(n) for n in cfg["iters"]])
     ax.set_xlabel("forward solver iterations N")
     ax.set_ylabel("peak memory of a training step (MiB)")
-    ax.set_title(f"ConvDEQ(32), batch {cfg['batch']}, {cfg['solver']}, {cfg['device']}")
+    ax.set_title(f"ConvDEQSettings(32), batch {cfg['batch']}, {cfg['solver']}, {cfg['device']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -202,7 +202,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iters", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--solver", choices=sorted(SOLVERS), default="anderson",
-                        help="forward solver (ConvDEQ's default: anderson)")
+                        help="forward solver (ConvDEQSettings's default: anderson)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 
 from deqshield.attacks import PGD
 from deqshield.data import load_dataset
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.paths import FinalState
 from deqshield.evaluate import run_protocol
 from deqshield.evaluate.matrix import materialize, predict
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    model = ConvDEQ(channels=16, downsample=1, solver=Broyden(max_iter=8, tol=1e-4)).build(
+    model = ConvDEQSettings(channels=16, downsample=1, solver=Broyden(max_iter=8, tol=1e-4)).build(
         train.input_shape, 10)
     objective = PGDAT(attack=PGD(eps=EPS, step_size=EPS / 4, steps=5)) if args.pgd_at \
         else Standard()

@@ -341,7 +341,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=25, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--init-scale", type=float, default=0.5,
-                        help="ConvCell init_scale (ConvDEQ's default)")
+                        help="ConvCell init_scale (ConvDEQSettings's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resident-heap", action="store_true",
                         help="keep freed memory resident (glibc mallopt), see above")

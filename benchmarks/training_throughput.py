@@ -1,7 +1,7 @@
 """Robust-training throughput of a DEQ against a same-size CNN, and training-step memory.
 
-1. Step time. A convolutional DEQ (``ConvDEQ``, Anderson, phantom gradient) and a SmallCNN of
-   about the same parameter count take training steps on one MNIST-sized batch, interleaved
+1. Step time. A convolutional DEQ (``ConvDEQSettings``, Anderson, phantom gradient) and a
+   SmallCNN of about the same parameter count take training steps on one MNIST-sized batch, interleaved
    in one process (median of ``--rounds`` rounds; ratios within the same round), with:
    PGD-AT (``--pgd-steps`` steps), the same with warm-started attack solves (a full solve,
    then ``--warm-steps`` updates per iterate), fast AT (N-FGSM: one step) and free AT (one
@@ -28,7 +28,7 @@ from gradient_memory import MiB, CpuPeakMeter
 from results_io import write_results
 
 from deqshield.attacks import PGD
-from deqshield.models import ConvDEQ, SmallCNN
+from deqshield.models import ConvDEQSettings, SmallCNNSettings
 from deqshield.solvers import Anderson
 from deqshield.training import FastAT, FreeAT, StepRandomness
 from deqshield.training.objectives import PGDAT
@@ -85,9 +85,10 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, *SHAPE), torch.randint(0, 10, (args.batch,))
     solver = Anderson(max_iter=10, tol=1e-3)
-    models = {"deq": ConvDEQ(channels=args.channels, solver=solver).build(SHAPE, 10),
-              "cnn": SmallCNN(channels=tuple(args.cnn_channels)).build(SHAPE, 10),
-              "deq-100k": ConvDEQ(channels=args.big_channels, solver=solver).build(SHAPE, 10)}
+    models = {"deq": ConvDEQSettings(channels=args.channels, solver=solver).build(SHAPE, 10),
+              "cnn": SmallCNNSettings(channels=tuple(args.cnn_channels)).build(SHAPE, 10),
+              "deq-100k": ConvDEQSettings(channels=args.big_channels,
+                                          solver=solver).build(SHAPE, 10)}
     figures: dict = {"batch": args.batch, "eps": EPS, "threads": torch.get_num_threads(),
                      "parameters": {name: sum(p.numel() for p in model.parameters())
                                     for name, model in models.items()}, "recipes": {}}
@@ -114,7 +115,7 @@ def main() -> None:
               f"{row['deq_100k_epoch_minutes']:.1f} min per 60k-image epoch")
     memory = {}
     for n in (8, 16, 32):
-        model = ConvDEQ(channels=args.channels, solver=Anderson(max_iter=n, tol=0.0)).build(
+        model = ConvDEQSettings(channels=args.channels, solver=Anderson(max_iter=n, tol=0.0)).build(
             SHAPE, 10)
         step = step_function(model, PGDAT(attack=PGD(eps=EPS, step_size=0.1, steps=2),
                                           random_intermediate=True), x, y)

@@ -12,13 +12,13 @@ def tiny_conv_deq(*, samples: int, solver=None, seed: int = 0, channels: int = 4
     own predictions (every ``mistakes_every``-th changed, to have clean mistakes)."""
     from torch.utils.data import TensorDataset
 
-    from deqshield.models import ConvDEQ
+    from deqshield.models import ConvDEQSettings
     from deqshield.readouts import Final
     from deqshield.solvers import Anderson
 
     torch.manual_seed(seed)
     solver = solver or Anderson(max_iter=4, tol=1e-3)  # small: keeps the suite fast
-    model = ConvDEQ(channels=channels, solver=solver).build((1, 8, 8), 10).eval()
+    model = ConvDEQSettings(channels=channels, solver=solver).build((1, 8, 8), 10).eval()
     x = torch.rand(samples, 1, 8, 8)
     y = Final().logits(model, x).argmax(1)
     if mistakes_every:

@@ -5,7 +5,7 @@ import torch
 
 from deqshield.attacks import AutoAttackBridge, StraightThrough, check_perturbation
 from deqshield.attacks.autoattack import BOUNDS
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.solvers import Anderson
 from deqshield.paths import FinalState
 from deqshield.readouts import Early, Ensemble, Final
@@ -18,7 +18,7 @@ SOLVER = Anderson(max_iter=4, tol=1e-3)  # small: keeps the suite fast
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
+    model = ConvDEQSettings(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
     x = torch.rand(6, 1, 8, 8)
     return model, x
 

@@ -29,7 +29,7 @@ from deqshield.io.config import load_config, parse_config
 from deqshield.convergence import ConvergencePolicy, convergence_policy
 from deqshield.errors import (CheckpointError, ConfigError, InputError,
                               NonConvergenceWarning, NotConvergedError)
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.paths import FinalState
 from deqshield.evaluate import run_protocol
 from deqshield.evaluate.specs import AttackSpec, Protocol
@@ -93,9 +93,10 @@ def config_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model() -> ConvDEQ:
+def model() -> ConvDEQSettings:
     torch.manual_seed(0)
-    return ConvDEQ(channels=4, solver=Picard(max_iter=6, tol=1e-3)).build((1, 8, 8), 10).eval()
+    settings = ConvDEQSettings(channels=4, solver=Picard(max_iter=6, tol=1e-3))
+    return settings.build((1, 8, 8), 10).eval()
 
 
 # -- 1, 18, 21: runs and checkpoints ------------------------------------------------------
@@ -284,7 +285,8 @@ def test_case12_inputs_outside_the_valid_range(model):
 
 def test_case13_a_divergent_solve_is_never_silent(model):
     x = torch.rand(3, 1, 8, 8)
-    divergent = ConvDEQ(channels=4, solver=Picard(max_iter=6, tol=1e-3)).build((1, 8, 8), 10)
+    divergent = ConvDEQSettings(channels=4,
+                                solver=Picard(max_iter=6, tol=1e-3)).build((1, 8, 8), 10)
     with torch.no_grad():
         for parameter in divergent.deq.cell.parameters():
             parameter.mul_(1e4)

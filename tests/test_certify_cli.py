@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deqshield.attacks.pgd import PGD
-from deqshield.certify import CNN7Config, CerDEQ, CerDEQConfig, certify, cnn7_matching_budget
+from deqshield.certify import CNN7Settings, CerDEQ, CerDEQSettings, certify, cnn7_matching_budget
 from deqshield.certify.objective import EpsilonSchedule
 from deqshield.io.checkpoint import load_checkpoint
 from deqshield.cli import main
@@ -98,7 +98,7 @@ def test_certify_command(trained_run, tmp_path):
 def test_certified_objective_follows_the_eps_schedule():
     objective = Certified(schedule=EpsilonSchedule(target=0.1, start=2, length=4))
     torch.manual_seed(0)
-    model = CerDEQ(CerDEQConfig(input_shape=(1, 8, 8), conv_channels=(2,), linear_width=8))
+    model = CerDEQ(CerDEQSettings(input_shape=(1, 8, 8), conv_channels=(2,), linear_width=8))
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
     clean = objective.loss(model.eval(), x, y, StepRandomness(step=0))
     late = objective.loss(model, x, y, StepRandomness(step=10))
@@ -108,7 +108,7 @@ def test_certified_objective_follows_the_eps_schedule():
 
 def test_config_validation_for_certified_models():
     config = parse_config(certified_config(MODELS["cerdeq"]))
-    assert isinstance(config.model, CerDEQConfig)
+    assert isinstance(config.model, CerDEQSettings)
     with pytest.raises(ConfigError, match="configured for inputs"):
         config.model.build((1, 28, 28), 10)
     bad_key = {**MODELS["cnn7"], "depth": 7}
@@ -130,7 +130,7 @@ def test_mnist_configs_share_the_parameter_budget():
     folder = importlib.resources.files("deqshield") / "configs"
     cerdeq = load_config(str(folder / "mnist-cerdeq-eps0.1.yaml"))
     cnn7 = load_config(str(folder / "mnist-cnn7-eps0.1.yaml"))
-    assert isinstance(cnn7.model, CNN7Config) and cerdeq.train == cnn7.train
+    assert isinstance(cnn7.model, CNN7Settings) and cerdeq.train == cnn7.train
     budget = sum(p.numel() for p in cerdeq.model.build((1, 28, 28), 10).parameters())
     matched = cnn7_matching_budget(budget, (1, 28, 28), 10)
     assert (cnn7.model.width, cnn7.model.linear_width) == (matched.width, matched.linear_width)

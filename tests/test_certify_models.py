@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqshield.certify import (CNN7, AdjointSolve, CerDEQ, CerDEQConfig, CNN7Config,
+from deqshield.certify import (CNN7, AdjointSolve, CerDEQ, CerDEQSettings, CNN7Settings,
                                EquilibriumSettings, certify, cnn7_matching_budget,
                                cnn7_parameter_count, input_box)
 from deqshield.errors import InputError
@@ -26,7 +26,7 @@ PRECISE = EquilibriumSettings(
 LOOSE = EquilibriumSettings(
     solver=Anderson(max_iter=6, tol=1e-3, stop_mode="abs"), residual_tolerance=1e-2,
     gradient=Phantom(steps=1))
-TINY = CerDEQConfig(input_shape=(1, 6, 6), num_classes=3, conv_channels=(3,), linear_width=8,
+TINY = CerDEQSettings(input_shape=(1, 6, 6), num_classes=3, conv_channels=(3,), linear_width=8,
                     equilibrium=PRECISE)
 
 
@@ -178,7 +178,7 @@ def test_model_abstains_when_the_residual_tolerance_is_not_met():
 
 @pytest.mark.parametrize("parametrization", ["orthogonal", "weight_norm", "spectral_norm"])
 def test_every_parametrization_contracts(parametrization):
-    config = CerDEQConfig(input_shape=(3, 8, 8), conv_channels=(4, 6), linear_width=10,
+    config = CerDEQSettings(input_shape=(3, 8, 8), conv_channels=(4, 6), linear_width=10,
                           parametrization=parametrization, contraction_factor=0.9)
     model = CerDEQ(config)
     with torch.no_grad():
@@ -206,7 +206,7 @@ def test_bad_input_shape_is_rejected():
 
 def test_cnn7_margins_are_sound_and_budget_matching_works():
     torch.manual_seed(13)
-    config = CNN7Config(input_shape=(1, 6, 6), num_classes=3, width=2, linear_width=8)
+    config = CNN7Settings(input_shape=(1, 6, 6), num_classes=3, width=2, linear_width=8)
     model = randomize_batch_norms(CNN7(config), 13).to(DTYPE).eval()
     assert cnn7_parameter_count(config) == sum(p.numel() for p in model.parameters())
     x, y, eps = images(seed=14), torch.tensor([2, 1]), 0.05
@@ -214,9 +214,9 @@ def test_cnn7_margins_are_sound_and_budget_matching_works():
         lower = model.margin_bounds(input_box(x, eps), y).lower
     check_margins(model, box_samples(x, eps), y, lower, 1e-12)
     check_margins(model, pgd_margin_attack(model, x, y, eps), y, lower, 1e-12)
-    budget = sum(p.numel() for p in CerDEQ(CerDEQConfig()).parameters())
+    budget = sum(p.numel() for p in CerDEQ(CerDEQSettings()).parameters())
     matched = cnn7_matching_budget(budget)
-    nearby = [CNN7Config(width=w, linear_width=8 * w) for w in (matched.width - 1,
+    nearby = [CNN7Settings(width=w, linear_width=8 * w) for w in (matched.width - 1,
                                                                 matched.width + 1)]
     error = abs(cnn7_parameter_count(matched) - budget)
     assert all(error <= abs(cnn7_parameter_count(c) - budget) for c in nearby)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from deqshield.certify import (CNN7, CerDEQ, CerDEQConfig, CertifiedObjective, CNN7Config,
+from deqshield.certify import (CNN7, CerDEQ, CerDEQSettings, CertifiedObjective, CNN7Settings,
                                EpsilonSchedule, Interval, certified_loss, deq_extractor_init_,
                                ibp_init_, relu_balance_regularizer, tightness_regularizer)
 from deqshield.errors import InputError
@@ -83,7 +83,7 @@ def synthetic_batch(n=32, seed=0):
 
 def test_loss_weights_and_statistics():
     torch.manual_seed(0)
-    model = CerDEQ(CerDEQConfig(input_shape=(1, 6, 6), num_classes=2, conv_channels=(3,),
+    model = CerDEQ(CerDEQSettings(input_shape=(1, 6, 6), num_classes=2, conv_channels=(3,),
                                 linear_width=8)).eval()
     x, y = synthetic_batch(8)
     settings = CertifiedObjective(natural_weight=0.25, regularizer_weight=0.5)
@@ -103,10 +103,10 @@ def test_loss_weights_and_statistics():
 def test_a_few_certified_training_steps_lower_the_certified_loss(kind):
     torch.manual_seed(0)
     if kind == "cerdeq":
-        model = CerDEQ(CerDEQConfig(input_shape=(1, 6, 6), num_classes=2, conv_channels=(4,),
+        model = CerDEQ(CerDEQSettings(input_shape=(1, 6, 6), num_classes=2, conv_channels=(4,),
                                     linear_width=16))
     else:
-        model = CNN7(CNN7Config(input_shape=(1, 6, 6), num_classes=2, width=4,
+        model = CNN7(CNN7Settings(input_shape=(1, 6, 6), num_classes=2, width=4,
                                 linear_width=16))
     x, y = synthetic_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)

@@ -8,7 +8,7 @@ import torch
 from deqshield.attacks import PGD
 from deqshield.data import load_dataset
 from deqshield.readouts.entropy import prediction_entropy
-from deqshield.models import ConvDEQ, DenseDEQ
+from deqshield.models import ConvDEQSettings, DenseDEQSettings
 from deqshield.paths import EntropyBPDA, ThroughEntropyReduction, UnrolledIntermediate
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
 from deqshield.solvers import Anderson, Broyden, Picard
@@ -17,7 +17,7 @@ from deqshield.training import fit
 
 def conv_model(solver=None, seed=0):
     torch.manual_seed(seed)
-    return ConvDEQ(channels=4, solver=solver or Picard(max_iter=6, tol=0.0)).build(
+    return ConvDEQSettings(channels=4, solver=solver or Picard(max_iter=6, tol=0.0)).build(
         (1, 8, 8), 10).eval()
 
 
@@ -78,7 +78,8 @@ def test_adaptive_paths_attack_inside_the_ball():
 def test_entropy_at_the_final_state_does_not_rise_on_a_trained_model():
     torch.manual_seed(0)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    model = DenseDEQ(width=32, solver=Picard(max_iter=8, tol=0.0)).build(train.input_shape, 10)
+    settings = DenseDEQSettings(width=32, solver=Picard(max_iter=8, tol=0.0))
+    model = settings.build(train.input_shape, 10)
     fit(model, train, epochs=3, batch_size=64, lr=3e-3, progress=False)
     x = test.images[:200]
     defense = EntropyReduction(interval=2, steps=5, step_size=2 / 255, eps=8 / 255)

@@ -57,10 +57,10 @@ def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, cap
 def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
     from deqshield.data import load_dataset
     from deqshield.evaluate.run import evaluate_model
-    from deqshield.models import SmallCNN
+    from deqshield.models import SmallCNNSettings
 
     test = load_dataset("digits", "test")
-    model = SmallCNN(channels=(4,)).build(test.input_shape, 10)
+    model = SmallCNNSettings(channels=(4,)).build(test.input_shape, 10)
     results = evaluate_model(model, test, test, tmp_path, eps=0.1, limit=6, quick=True,
                              progress=False)
     assert [row["label"] for row in results["defenses"]] == ["final"]

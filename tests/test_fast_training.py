@@ -7,7 +7,7 @@ from torch import nn
 
 from deqshield.attacks import cross_entropy
 from deqshield.io.config import parse_config
-from deqshield.models import SmallCNN
+from deqshield.models import SmallCNNSettings
 from deqshield.training import FastAT, FreeAT, StepRandomness
 from deqshield.training.run import train
 
@@ -97,7 +97,7 @@ def test_the_overfit_guard_restores_the_best_weights_and_stops(tmp_path, monkeyp
     result = train(parse_config(config), tmp_path / "run", progress=False)
     epochs = result.history.epochs
     assert [record.restored_best for record in epochs] == [False, True]  # stopped after 2
-    best = SmallCNN(channels=(4,)).build((1, 8, 8), 10)
+    best = SmallCNNSettings(channels=(4,)).build((1, 8, 8), 10)
     load_checkpoint(best_checkpoint(tmp_path / "run"), model=best, restore_rng=False)
     assert epochs[0].is_best
     for name, value in best.state_dict().items():

@@ -8,7 +8,7 @@ from torch import nn
 
 from deqshield.deq import DEQCell
 from deqshield.gradients import Backprop, Implicit, Phantom, jacobian_frobenius, unroll
-from deqshield.models import DEQClassifier, DenseDEQ
+from deqshield.models import DEQClassifier, DenseDEQSettings
 from deqshield.solvers import Anderson, Picard
 
 TIGHT = Anderson(max_iter=300, tol=1e-13, memory=6)
@@ -45,7 +45,7 @@ def directional_fd(fn, point, direction, h=1e-6):
 
 @pytest.mark.parametrize("build", [
     lambda: smooth_deq(EXACT),
-    lambda: DenseDEQ(width=10, solver=TIGHT, gradient=EXACT).build((6,), 4).double().eval(),
+    lambda: DenseDEQSettings(width=10, solver=TIGHT, gradient=EXACT).build((6,), 4).double().eval(),
 ], ids=["tanh-cell", "dense-deq"])
 def test_implicit_input_gradient_matches_finite_differences(build):
     model = build()
@@ -117,7 +117,7 @@ def test_backprop_equals_autograd_through_plain_iterations():
 
 @pytest.mark.parametrize("gradient", [EXACT, Phantom(), Backprop()], ids=lambda g: g.name)
 def test_input_gradient_exists_in_eval_mode(gradient):
-    model = DenseDEQ(width=12, gradient=gradient).build((1, 4, 4), 3)
+    model = DenseDEQSettings(width=12, gradient=gradient).build((1, 4, 4), 3)
     model.eval()
     x = torch.rand(5, 1, 4, 4, requires_grad=True)
     nn.functional.cross_entropy(model(x), torch.arange(5) % 3).backward()

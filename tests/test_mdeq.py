@@ -12,11 +12,11 @@ from torch import nn
 from deqshield.errors import InputError
 from deqshield.gradients import Phantom
 from deqshield.models import DEQClassifier
-from deqshield.models.mdeq import MDEQ, MDEQ_LARGE, MDEQ_XL
+from deqshield.models.mdeq import MDEQSettings, MDEQ_LARGE, MDEQ_XL
 from deqshield.models.mdeq_blocks import StatePacker
 from deqshield.solvers import Broyden, Picard
 
-TINY = MDEQ(channels=(4, 8, 8), head_channels=(2, 2, 4), final_channels=8, expansion=2,
+TINY = MDEQSettings(channels=(4, 8, 8), head_channels=(2, 2, 4), final_channels=8, expansion=2,
             groups=2, dropout=0.5, solver=Broyden(max_iter=4, tol=1e-3))
 SHAPE = (3, 16, 16)
 STATE_SIZE = 4 * 16 * 16 + 8 * 8 * 8 + 8 * 4 * 4
@@ -132,9 +132,9 @@ def test_train_step_reaches_the_cell_parameters():
 
 def test_settings_are_validated():
     with pytest.raises(ValidationError):
-        MDEQ(channels=(4, 8), head_channels=(2,))
+        MDEQSettings(channels=(4, 8), head_channels=(2,))
     with pytest.raises(ValidationError):
-        MDEQ(dropout=1.0)
+        MDEQSettings(dropout=1.0)
     with pytest.raises(InputError):
         TINY.build((3, 16), 10)
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from deqshield.errors import InputError
-from deqshield.models import ConvDEQ, DenseDEQ, SmallCNN
+from deqshield.models import ConvDEQSettings, DenseDEQSettings, SmallCNNSettings
 from deqshield.solvers import Picard
 
-SPECS = [DenseDEQ(width=16), ConvDEQ(channels=4), SmallCNN(channels=(4, 4))]
+SPECS = [DenseDEQSettings(width=16), ConvDEQSettings(channels=4), SmallCNNSettings(channels=(4, 4))]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
@@ -37,7 +37,7 @@ def test_every_state_can_be_classified_and_trajectory_matches_forward(spec):
 
 
 def test_solver_can_be_swapped_and_eval_is_deterministic():
-    model = ConvDEQ(channels=4).build((1, 8, 8), 10).eval()
+    model = ConvDEQSettings(channels=4).build((1, 8, 8), 10).eval()
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         first, second = model(x), model(x)
@@ -48,6 +48,6 @@ def test_solver_can_be_swapped_and_eval_is_deterministic():
 
 def test_conv_deq_cell_is_close_to_a_contraction_at_initialisation():
     torch.manual_seed(0)
-    model = ConvDEQ(channels=8, solver=Picard(max_iter=200, tol=1e-6)).build((1, 8, 8), 10)
+    model = ConvDEQSettings(channels=8, solver=Picard(max_iter=200, tol=1e-6)).build((1, 8, 8), 10)
     trajectory = model.trajectory(torch.rand(4, 1, 8, 8))
     assert trajectory.converged.all()

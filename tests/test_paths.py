@@ -10,7 +10,7 @@ from deqshield.attacks import PGD, check_perturbation, cross_entropy
 from deqshield.deq import DEQCell
 from deqshield.errors import InputError
 from deqshield.gradients import Implicit
-from deqshield.models import DEQClassifier, SmallCNN
+from deqshield.models import DEQClassifier, SmallCNNSettings
 from deqshield.paths import (AdjointBroyden, EnsemblePath, FinalState, SimultaneousAdjoint,
                              UnrolledEnsemble, UnrolledIntermediate)
 from deqshield.solvers import Anderson, Broyden, Picard, SolverStep
@@ -221,7 +221,7 @@ def test_bad_settings_raise_clear_errors():
     for path in (SimultaneousAdjoint(), AdjointBroyden()):
         with pytest.raises(InputError, match="Broyden"):
             path.input_gradient(picard, x, y, cross_entropy)
-    net = SmallCNN(channels=(2,)).build((1, 4, 4), 3)
+    net = SmallCNNSettings(channels=(2,)).build((1, 4, 4), 3)
     with pytest.raises(InputError, match="needs a DEQClassifier"):
         UnrolledIntermediate(index=1).input_gradient(net, torch.rand(2, 1, 4, 4),
                                                      torch.tensor([0, 1]), cross_entropy)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, AutoAttackBridge
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.solvers import Anderson
 from deqshield.paths import FinalState
 from deqshield.evaluate.verdicts import CLEAN_ERROR
@@ -126,7 +126,7 @@ def test_run_protocol_writes_consistent_results(setup, tmp_path):
 
 def test_transfer_at_eps_zero_scores_clean(setup):
     model, data = setup
-    other = ConvDEQ(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
+    other = ConvDEQSettings(channels=4, solver=SOLVER).build((1, 8, 8), 10).eval()
     result = transfer((model, Final()), (other, Ensemble()),
                       AttackSpec(attack=PGD_FIXED).with_eps(0.0), data)
     assert torch.equal(result.robust, result.clean)

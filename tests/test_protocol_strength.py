@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
-from deqshield.models import ConvDEQ, DEQClassifier
+from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
 from deqshield.evaluate.screening import screen_attacks
 from deqshield.evaluate.specs import Screening
@@ -78,7 +78,7 @@ def test_restarts_break_a_superset_and_stay_in_the_ball():
 
 def test_full_unroll_is_autograd_through_n_iterations_from_z0():
     torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=5, tol=1e-3)).build((1, 8, 8), 10)
+    model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=5, tol=1e-3)).build((1, 8, 8), 10)
     model = model.double().eval()
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
     y = torch.tensor([1, 2, 3])
@@ -158,7 +158,7 @@ def test_an_independent_bptt_attacker_never_beats_the_protocol(tiny_deq):
 
 
 def test_an_early_readout_at_the_last_state_is_not_a_separate_defense():
-    model = ConvDEQ(channels=2, solver=Picard(max_iter=3, tol=0.0)).build((1, 8, 8), 10)
+    model = ConvDEQSettings(channels=2, solver=Picard(max_iter=3, tol=0.0)).build((1, 8, 8), 10)
     assert redundant_early(model, 2) is None
     assert "identical to the final readout" in redundant_early(model, 3)
     labels = [r.name for r in standard_protocol(model, eps=0.1, early_index=3).defenses]

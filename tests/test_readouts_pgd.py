@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deqshield.attacks import PGD, check_perturbation, cross_entropy, margin, project
-from deqshield.models import ConvDEQ, SmallCNN
+from deqshield.models import ConvDEQSettings, SmallCNNSettings
 from deqshield.paths import FinalState
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.solvers import Anderson, Picard
@@ -15,7 +15,8 @@ from deqshield.solvers import Anderson, Picard
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return ConvDEQ(channels=4, solver=Picard(max_iter=6, tol=0.0)).build((1, 8, 8), 10).eval()
+    settings = ConvDEQSettings(channels=4, solver=Picard(max_iter=6, tol=0.0))
+    return settings.build((1, 8, 8), 10).eval()
 
 
 def test_readouts_read_the_right_states(model):
@@ -31,7 +32,7 @@ def test_readouts_read_the_right_states(model):
 
 def test_readouts_of_an_early_stopped_solve_repeat_the_frozen_state():
     torch.manual_seed(1)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=40, tol=1e-2)).build((1, 8, 8), 10)
+    model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=40, tol=1e-2)).build((1, 8, 8), 10)
     model.eval()
     x = torch.rand(3, 1, 8, 8)
     trajectory = model.trajectory(x)
@@ -73,7 +74,7 @@ def test_pgd_with_zero_eps_returns_the_input(model):
 
 
 def test_pgd_is_reproducible_with_a_seeded_generator():
-    net = SmallCNN(channels=(4,)).build((1, 8, 8), 10)
+    net = SmallCNNSettings(channels=(4,)).build((1, 8, 8), 10)
     x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
     runs = [PGD(eps=0.1, steps=3).run(net, FinalState(), x, y,
                            generator=torch.Generator().manual_seed(5)).x_adv

@@ -18,7 +18,7 @@ from deqshield.attacks.pgd import PGD
 from deqshield.cli import main
 from deqshield.io.config import parse_config
 from deqshield.errors import InputError
-from deqshield.models import DenseDEQ
+from deqshield.models import DenseDEQSettings
 from deqshield.models.base import Classifier
 from deqshield.smoothing import (ABSTAIN, Serialized, Smoothing, WarmChain,
                                  binomial_test_two_sided, broken_certificates, certify,
@@ -133,7 +133,7 @@ def test_radius_never_exceeds_the_true_radius():
 
 def contractive_deq(solver) -> nn.Module:
     torch.manual_seed(0)
-    return DenseDEQ(width=12, init_scale=0.4, solver=solver).build((5,), 3).eval()
+    return DenseDEQSettings(width=12, init_scale=0.4, solver=solver).build((5,), 3).eval()
 
 
 @pytest.mark.parametrize("solver", [Picard(max_iter=80, tol=1e-7),

@@ -13,7 +13,7 @@ from deqshield.attacks.pgd import PGD
 from deqshield.io.config import ExperimentConfig, TrainConfig, load_config, parse_config
 from deqshield.data import ArrayDataset
 from deqshield.gradients import Phantom
-from deqshield.models import ConvDEQ, ModelSpec
+from deqshield.models import ConvDEQSettings, ModelSpec
 from deqshield.solvers import Anderson
 from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
                                 TrainingDivergedError, fit)
@@ -36,7 +36,7 @@ def synthetic(n: int = 16, seed: int = 0) -> ArrayDataset:
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    spec = ConvDEQ(channels=4, downsample=1, pool=2, solver=Anderson(max_iter=6, tol=1e-4),
+    spec = ConvDEQSettings(channels=4, downsample=1, pool=2, solver=Anderson(max_iter=6, tol=1e-4),
                    gradient=Phantom(steps=2, damping=0.5))
     return spec.build((1, 8, 8), 3)
 

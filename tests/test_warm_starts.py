@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
-from deqshield.models import ConvDEQ
+from deqshield.models import ConvDEQSettings
 from deqshield.paths import FinalState
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.solvers import Anderson, Picard
@@ -29,7 +29,7 @@ def test_a_warm_started_solve_reaches_the_same_equilibrium_in_fewer_steps():
 
 def test_warm_starts_reach_the_gradient_paths_but_never_the_readouts():
     torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=6, tol=1e-4)).build((1, 8, 8), 10)
+    model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=6, tol=1e-4)).build((1, 8, 8), 10)
     model.eval()
     x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
     readouts = (Final(), Early(index=2), Ensemble())
@@ -67,7 +67,8 @@ def retained_bytes(n_steps: int) -> int:
     from deqshield.training.objectives import random_intermediate_forward
 
     torch.manual_seed(0)
-    model = ConvDEQ(channels=4, solver=Anderson(max_iter=n_steps, tol=0.0)).build((1, 8, 8), 10)
+    settings = ConvDEQSettings(channels=4, solver=Anderson(max_iter=n_steps, tol=0.0))
+    model = settings.build((1, 8, 8), 10)
     x = torch.rand(6, 1, 8, 8)
     saved = []
 

@@ -4,7 +4,8 @@ AutoAttack receives a :class:`~deqshield.attacks.straight_through.StraightThroug
 forward is the defense's own prediction (so AutoAttack attacks, and skips, exactly the points the
 defense classifies correctly) and its backward is the chosen gradient path. AutoAttack's checks
 for randomised, dynamic or otherwise suspicious defenses are captured and returned as findings,
-to be reported rather than discarded (pitfalls.md, "Attacks and defenses").
+to be reported rather than discarded (they become obfuscation flags of the report, see
+:mod:`deqshield.evaluate.flags`).
 """
 
 from __future__ import annotations

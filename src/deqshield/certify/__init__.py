@@ -11,14 +11,15 @@ objective; :mod:`.run` is the ``deqshield certify`` driver.
 from deqshield.certify.adjoint import (AdjointSolve, ConvFusion, DenseFusion, EquilibriumBound,
                                        FusionOperator, equilibrium_interval, interval_map,
                                        unrolled_interval)
-from deqshield.certify.baseline import CNN7, CNN7Config, cnn7_matching_budget, cnn7_parameter_count
+from deqshield.certify.baseline import (CNN7, CNN7Settings, cnn7_matching_budget,
+                                        cnn7_parameter_count)
 from deqshield.certify.certificate import certified_margins, certify
 from deqshield.certify.fusion import FusionWeight, Parametrization
 from deqshield.certify.initialization import deq_extractor_init_, ibp_init_, ibp_init_model_
 from deqshield.certify.intervals import (Interval, batch_norm_interval, conv2d_interval,
                                          input_box, linear_interval, margin_interval, propagate)
 from deqshield.certify.layers import CerDEQLayer, EquilibriumSettings
-from deqshield.certify.models import (CerDEQ, CerDEQConfig, CertifiableClassifier,
+from deqshield.certify.models import (CerDEQ, CerDEQSettings, CertifiableClassifier,
                                       CertifiableOutput)
 from deqshield.certify.orthogonal import (bjorck, conv_operator_norm, infinity_norm,
                                           scaled_orthogonal, second_scaling)
@@ -27,7 +28,7 @@ from deqshield.certify.objective import (CertifiedLoss, CertifiedObjective, Epsi
                                          relu_balance_regularizer, tightness_regularizer)
 
 __all__ = [
-    "AdjointSolve", "CNN7", "CNN7Config", "CerDEQ", "CerDEQConfig", "CerDEQLayer",
+    "AdjointSolve", "CNN7", "CNN7Settings", "CerDEQ", "CerDEQSettings", "CerDEQLayer",
     "CertifiableClassifier", "CertifiableOutput", "CertifiedLoss", "CertifiedObjective",
     "ConvFusion", "DenseFusion", "EpsilonSchedule", "EquilibriumBound", "EquilibriumSettings",
     "FusionOperator",

@@ -28,7 +28,7 @@ from deqshield.settings import component
 
 
 @component
-class CNN7Config:
+class CNN7Settings:
     """Size of a CNN-7-BN: ``width`` (w) and ``linear_width`` (d); also the ``model`` section
     ``name: cnn7`` of an experiment config (:meth:`build`)."""
 
@@ -44,19 +44,19 @@ class CNN7Config:
         return CNN7(self)
 
 
-def _conv_plan(config: CNN7Config) -> list[tuple[int, int, int]]:
+def _conv_plan(config: CNN7Settings) -> list[tuple[int, int, int]]:
     """(in_channels, out_channels, stride) of the five convolutions."""
     w = config.width
     return [(config.input_shape[0], w, 1), (w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1),
             (2 * w, 2 * w, 1)]
 
 
-def _flat_features(config: CNN7Config) -> int:
+def _flat_features(config: CNN7Settings) -> int:
     _, height, width = config.input_shape
     return 2 * config.width * ((height - 1) // 2 + 1) * ((width - 1) // 2 + 1)
 
 
-def cnn7_parameter_count(config: CNN7Config) -> int:
+def cnn7_parameter_count(config: CNN7Settings) -> int:
     """Learnable parameters (weights, biases, batch-norm affine) of the CNN-7 of ``config``."""
     count = sum(9 * cin * cout + 3 * cout for cin, cout, _ in _conv_plan(config))
     count += (_flat_features(config) + 3) * config.linear_width
@@ -64,14 +64,14 @@ def cnn7_parameter_count(config: CNN7Config) -> int:
 
 
 def cnn7_matching_budget(num_parameters: int, input_shape: tuple[int, int, int] = (3, 32, 32),
-                         num_classes: int = 10) -> CNN7Config:
+                         num_classes: int = 10) -> CNN7Settings:
     """The CNN-7 (d = 8 w) whose parameter count is closest to ``num_parameters``."""
     if num_parameters < 1:
         raise InputError(f"num_parameters must be positive, got {num_parameters}")
-    best: Optional[CNN7Config] = None
+    best: Optional[CNN7Settings] = None
     width = 1
     while True:
-        config = CNN7Config(input_shape=input_shape, num_classes=num_classes, width=width,
+        config = CNN7Settings(input_shape=input_shape, num_classes=num_classes, width=width,
                             linear_width=8 * width)
         if best is None or (abs(cnn7_parameter_count(config) - num_parameters)
                             < abs(cnn7_parameter_count(best) - num_parameters)):
@@ -82,9 +82,9 @@ def cnn7_matching_budget(num_parameters: int, input_shape: tuple[int, int, int] 
 
 
 class CNN7(CertifiableClassifier):
-    """CNN-7-BN sized by :class:`CNN7Config`."""
+    """CNN-7-BN sized by :class:`CNN7Settings`."""
 
-    def __init__(self, config: CNN7Config = CNN7Config()):
+    def __init__(self, config: CNN7Settings = CNN7Settings()):
         super().__init__()
         self.config = config
         self.input_shape = tuple(config.input_shape)

@@ -37,7 +37,7 @@ from deqshield.validation import check_input
 Positive = Annotated[int, Field(gt=0)]
 
 
-class SizedConfig(Protocol):
+class SizedSettings(Protocol):
     """A certifiable model's settings: its name, input shape and number of classes."""
 
     name: str
@@ -45,7 +45,7 @@ class SizedConfig(Protocol):
     num_classes: int
 
 
-def check_data_matches(config: SizedConfig, input_shape: Sequence[int],
+def check_data_matches(config: SizedSettings, input_shape: Sequence[int],
                        num_classes: int) -> None:
     """Raise :class:`ConfigError` unless the data has the configured input shape and number
     of classes (a certified model's size is part of its config, never silently replaced)."""
@@ -98,7 +98,7 @@ class CertifiableClassifier(nn.Module):
 
 
 @component
-class CerDEQConfig:
+class CerDEQSettings:
     """Size and settings of a CerDEQ; also the ``model`` section ``name: cerdeq`` of an
     experiment config (:meth:`build`).
 
@@ -138,9 +138,9 @@ class CerDEQConfig:
 
 
 class CerDEQ(CertifiableClassifier):
-    """Stacked CerDEQ layers and a linear classifier, sized by :class:`CerDEQConfig`."""
+    """Stacked CerDEQ layers and a linear classifier, sized by :class:`CerDEQSettings`."""
 
-    def __init__(self, config: CerDEQConfig = CerDEQConfig()):
+    def __init__(self, config: CerDEQSettings = CerDEQSettings()):
         super().__init__()
         self.config = config
         self.input_shape = tuple(config.input_shape)

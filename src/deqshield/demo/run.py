@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deqshield.certify.run import certify_run
-from deqshield.certify import CerDEQConfig, cnn7_matching_budget
+from deqshield.certify import CerDEQSettings, cnn7_matching_budget
 from deqshield.io.config import parse_config
 from deqshield.data import dev_split, load_dataset
 from deqshield.demo.report import write_demo_report
@@ -104,7 +104,7 @@ control (``deqshield evaluate`` runs them all)."""
 
 def certified_models(size: DemoSize) -> dict[str, dict[str, Any]]:
     """A CerDEQ and the CNN-7 with the parameter budget closest to it (model sections)."""
-    cerdeq = CerDEQConfig(input_shape=(1, 8, 8), conv_channels=(size.certified_channels,),
+    cerdeq = CerDEQSettings(input_shape=(1, 8, 8), conv_channels=(size.certified_channels,),
                           linear_width=size.certified_width)
     budget = sum(p.numel() for p in cerdeq.build((1, 8, 8), 10).parameters())
     cnn7 = cnn7_matching_budget(budget, (1, 8, 8), 10)

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deqshield.attacks.pgd import PGD, READY_MADE
-from deqshield.certify import CerDEQConfig, CNN7Config
+from deqshield.certify import CerDEQSettings, CNN7Settings
 from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
 from deqshield.training.objective_spec import ObjectiveSpec
@@ -125,7 +125,7 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _certified_training_needs_certifiable_model(self) -> "ExperimentConfig":
         if (isinstance(self.train.objective, Certified)
-                and not isinstance(self.model, (CerDEQConfig, CNN7Config))):
+                and not isinstance(self.model, (CerDEQSettings, CNN7Settings))):
             raise ValueError("objective 'certified' needs a certifiable model (cerdeq, cnn7), "
                              f"got {self.model.name!r}")
         return self

@@ -1,7 +1,8 @@
 """Models: DEQ classifiers (fully connected, single-scale conv, multiscale) and explicit
-baselines. Each model has a settings class with ``build(input_shape, num_classes)``; the
-``ModelSpec`` union is the ``model`` section of a config file. The certified models (CerDEQ and
-its CNN-7 baseline) are specified by their own configs from :mod:`deqshield.certify`."""
+baselines. Each model has a settings class (``...Settings``) whose ``build(input_shape,
+num_classes)`` returns the module; the ``ModelSpec`` union is the ``model`` section of a config
+file. The certified models (CerDEQ and its CNN-7 baseline) have their settings in
+:mod:`deqshield.certify`."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from deqshield.certify.baseline import CNN7Config
-from deqshield.certify.models import CerDEQConfig
+from deqshield.certify.baseline import CNN7Settings
+from deqshield.certify.models import CerDEQSettings
 from deqshield.models.base import Classifier, DEQClassifier, check_input
-from deqshield.models.conv_deq import ConvDEQ
-from deqshield.models.dense_deq import DenseDEQ
-from deqshield.models.mdeq import MDEQ, MDEQ_LARGE, MDEQ_XL
-from deqshield.models.resnet import ResNet18
-from deqshield.models.small_cnn import SmallCNN
+from deqshield.models.conv_deq import ConvDEQSettings
+from deqshield.models.dense_deq import DenseDEQSettings
+from deqshield.models.mdeq import MDEQSettings, MDEQ_LARGE, MDEQ_XL
+from deqshield.models.resnet import ResNet18, ResNet18Settings
+from deqshield.models.small_cnn import SmallCNN, SmallCNNSettings
 
-ModelSpec = Annotated[Union[DenseDEQ, ConvDEQ, MDEQ, SmallCNN, ResNet18, CerDEQConfig, CNN7Config],
+ModelSpec = Annotated[Union[DenseDEQSettings, ConvDEQSettings, MDEQSettings, SmallCNNSettings,
+                            ResNet18Settings, CerDEQSettings, CNN7Settings],
                       Field(discriminator="name")]
 
-__all__ = ["Classifier", "ConvDEQ", "DEQClassifier", "DenseDEQ", "MDEQ", "MDEQ_LARGE", "MDEQ_XL",
-           "ModelSpec", "ResNet18", "SmallCNN", "check_input"]
+__all__ = ["Classifier", "ConvDEQSettings", "DEQClassifier", "DenseDEQSettings", "MDEQSettings",
+           "MDEQ_LARGE", "MDEQ_XL", "ModelSpec", "ResNet18", "ResNet18Settings", "SmallCNN",
+           "SmallCNNSettings", "check_input"]

@@ -43,7 +43,7 @@ class ConvCell(DEQCell):
 
 
 @component
-class ConvDEQ:
+class ConvDEQSettings:
     """Settings of the single-scale convolutional DEQ classifier."""
 
     name: Literal["conv-deq"] = "conv-deq"

@@ -31,7 +31,7 @@ class DenseCell(DEQCell):
 
 
 @component
-class DenseDEQ:
+class DenseDEQSettings:
     """Settings of the fully-connected DEQ classifier."""
 
     name: Literal["dense-deq"] = "dense-deq"

@@ -44,8 +44,8 @@ class BasicBlock(nn.Module):
         return (self.body(x) + self.shortcut(x)).relu()
 
 
-class ResNet18Net(Classifier):
-    """The network built by :class:`ResNet18`."""
+class ResNet18(Classifier):
+    """The network built by :class:`ResNet18Settings`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: float):
         super().__init__(input_shape, num_classes)
@@ -66,15 +66,15 @@ class ResNet18Net(Classifier):
 
 
 @component
-class ResNet18:
+class ResNet18Settings:
     """Settings of the ResNet-18 baseline; ``width`` scales every stage's channels (1 is the
     standard network, smaller values give thin networks for tests and CPU runs)."""
 
     name: Literal["resnet18"] = "resnet18"
     width: Annotated[float, Field(gt=0, le=16)] = 1.0
 
-    def build(self, input_shape: Sequence[int], num_classes: int) -> ResNet18Net:
+    def build(self, input_shape: Sequence[int], num_classes: int) -> ResNet18:
         if len(input_shape) != 3:
             raise InputError(f"ResNet18 needs images (C, H, W), got input shape "
                              f"{tuple(input_shape)}")
-        return ResNet18Net(input_shape, num_classes, self.width)
+        return ResNet18(input_shape, num_classes, self.width)

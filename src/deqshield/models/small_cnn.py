@@ -14,8 +14,8 @@ from deqshield.models.base import Classifier
 from deqshield.settings import component
 
 
-class SmallCNNNet(Classifier):
-    """The network built by :class:`SmallCNN`."""
+class SmallCNN(Classifier):
+    """The network built by :class:`SmallCNNSettings`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
                  channels: Sequence[int], pool: int):
@@ -36,12 +36,12 @@ class SmallCNNNet(Classifier):
 
 
 @component
-class SmallCNN:
+class SmallCNNSettings:
     """Settings of the explicit CNN baseline."""
 
     name: Literal["small-cnn"] = "small-cnn"
     channels: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (16, 16)
     pool: Annotated[int, Field(ge=1)] = 4
 
-    def build(self, input_shape: Sequence[int], num_classes: int) -> SmallCNNNet:
-        return SmallCNNNet(input_shape, num_classes, self.channels, self.pool)
+    def build(self, input_shape: Sequence[int], num_classes: int) -> SmallCNN:
+        return SmallCNN(input_shape, num_classes, self.channels, self.pool)

@@ -1,7 +1,8 @@
 """Defenses are readouts of the trajectory: which state(s) the prediction is made from.
 
 A readout maps (model, x) to logits using the model's deterministic forward solver. It must be
-deterministic (no randomness at evaluation; see pitfalls.md) and, because attacks score the very
+deterministic (no randomness at evaluation: a random defense needs EOT, Athalye et al. 2018,
+and would not be scored by one fixed prediction) and, because attacks score the very
 prediction they attack, the protocol always scores a defense with the readout's own ``logits``.
 
 A readout is built from a *state reader*: an object that observes the states z_0, z_1, ... as
