@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deqshield.evaluate.plots import plot_bars
+from deqshield.evaluate.specs import defense_label
+from deqshield.evaluate.standard import READY_MADE_PATH
+from deqshield.readouts import Final
+from deqshield.settings import settings_dict
 
 STORY = (
     "A DEQ's forward pass is a trajectory of solver states. Ready-made attacks differentiate "
@@ -38,19 +42,28 @@ def _rows(evaluation: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _ready_made(evaluation: dict[str, Any]) -> Optional[float]:
-    final = next(row for row in evaluation["defenses"] if row["label"] == "final")
-    return next((cell["robust_accuracy"] for cell in final["cells"]
-                 if cell["attack"] == "ready-made (phantom)"), None)
+def final_row(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The final-state defense's row of an evaluation."""
+    label = defense_label(Final())
+    return next(row for row in evaluation["defenses"] if row["label"] == label)
+
+
+def ready_made_accuracy(evaluation: dict[str, Any]) -> Optional[float]:
+    """The final state's robust accuracy against the PGD column along :data:`READY_MADE_PATH`
+    (the one attack of the demo's columns on that path), or None if it did not run."""
+    path = settings_dict(READY_MADE_PATH)
+    column = next((i for i, entry in enumerate(evaluation["attacks"]) if entry["path"] == path),
+                  None)
+    return None if column is None else final_row(evaluation)["cells"][column]["robust_accuracy"]
 
 
 def _summary(results: dict[str, Any]) -> list[list[str]]:
     table = []
     for name, model in _evaluated(results).items():
         evaluation = model["evaluation"]
-        final = next(row for row in evaluation["defenses"] if row["label"] == "final")
+        final = final_row(evaluation)
         worst = evaluation["aggregate"]["worst_case"]
-        table.append([name, _pct(final["clean_accuracy"]), _pct(_ready_made(evaluation)),
+        table.append([name, _pct(final["clean_accuracy"]), _pct(ready_made_accuracy(evaluation)),
                       _pct(final["worst_case_accuracy"]),
                       f"{_pct(worst['robust_accuracy'])} ({worst['defense']})"])
     return table

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,9 +29,15 @@ from deqshield.certify.run import certify_run
 from deqshield.certify import CerDEQSettings, cnn7_matching_budget
 from deqshield.io.config import parse_config
 from deqshield.data import dev_split, load_dataset
-from deqshield.demo.report import write_demo_report
+from deqshield.demo.report import final_row, ready_made_accuracy, write_demo_report
 from deqshield.errors import InputError
 from deqshield.evaluate.run import evaluate_model
+from deqshield.evaluate.specs import AttackSpec
+from deqshield.evaluate.standard import (READY_MADE_PATH, AttackBudget, autoattack_columns,
+                                         full_unroll)
+from deqshield.models import DEQClassifier
+from deqshield.paths import (PathSpec, SimultaneousAdjoint, ThroughEntropyReduction,
+                             UnrolledEnsemble, UnrolledIntermediate)
 from deqshield.readouts import EntropyReduction
 from deqshield.io.runs import load_run
 from deqshield import zoo
@@ -90,16 +96,29 @@ def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
 MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
 ZOO_MODEL = "mnist-linf-0.3-deq"
 """The shipped MNIST DEQ the demo attacks (on the MNIST test slice inside the package)."""
-ZOO_ATTACKS = ("ready-made (phantom)", "unrolled (i=1, K=5, lambda=1)",
-               "unrolled (i=0, K=8, lambda=1) = full unroll", "unrolled ensemble",
-               "Square (gradient-free)")
-DEMO_ATTACKS = ("ready-made (phantom)", "simultaneous adjoint ensemble",
-                "unrolled (i=1, K=1, lambda=1)", "unrolled (i=1, K=5, lambda=0.5)",
-                "unrolled (i=0, K=8, lambda=1) = full unroll", "unrolled ensemble", "adaptive: through entropy reduction",
-                "Square (gradient-free)")
-"""The demo's columns of the standard attack set: the ready-made attack, one of each kind of
-intermediate-state attack, the adaptive attack on the entropy defense and the gradient-free
-control (``deqshield evaluate`` runs them all)."""
+
+
+def demo_paths(model: DEQClassifier, entropy: EntropyReduction) -> tuple[PathSpec, ...]:
+    """The gradient paths of the demo's PGD columns: the ready-made attack, one of each kind of
+    intermediate-state attack and the adaptive attack on the entropy defense."""
+    return (READY_MADE_PATH, SimultaneousAdjoint(ensemble=True),
+            UnrolledIntermediate(index=1, steps=1, damping=1.0),
+            UnrolledIntermediate(index=1, steps=5, damping=0.5), full_unroll(model),
+            UnrolledEnsemble(steps=1, damping=1.0), ThroughEntropyReduction(defense=entropy))
+
+
+def zoo_paths(model: DEQClassifier) -> tuple[PathSpec, ...]:
+    """The gradient paths of the PGD columns run on the zoo's model."""
+    return (READY_MADE_PATH, UnrolledIntermediate(index=1, steps=5, damping=1.0),
+            full_unroll(model), UnrolledEnsemble(steps=1, damping=1.0))
+
+
+def columns(paths: Sequence[PathSpec]) -> Callable[[AttackSpec], bool]:
+    """Which columns of the standard attack set the demo runs (``deqshield evaluate`` runs them
+    all): the protocol's PGD along each of ``paths``, and the gradient-free Square control."""
+    budget = AttackBudget()
+    square = autoattack_columns([], budget)[-1]
+    return lambda spec: spec == square or (spec.attack == budget.pgd and spec.path in paths)
 
 
 def certified_models(size: DemoSize) -> dict[str, dict[str, Any]]:
@@ -177,7 +196,7 @@ def _run_demo(out_dir: Path, size: DemoSize, progress: bool) -> dict[str, Any]:
         evaluation = evaluate_model(run.model, run.test, dev, out_dir / slug, eps=EPS,
                                     limit=size.eval_limit, dev_limit=size.dev_limit,
                                     entropy=entropy, quick=True,
-                                    attack_labels=DEMO_ATTACKS,
+                                    keep=columns(demo_paths(run.model, entropy)),
                                     progress=False, meta={"model": name, "run": str(run_dir)})
         stages.update()
         models[name] = {"folder": slug, "training": [record.__dict__ for record in
@@ -221,17 +240,14 @@ def zoo_stage(size: DemoSize, out_dir: Path) -> dict[str, Any]:
     slug = ZOO_MODEL
     evaluation = evaluate_model(model, data, None, out_dir / slug, eps=card.eps,
                                 early_index=model.deq.solver.max_iter // 2, quick=True,
-                                attack_labels=ZOO_ATTACKS, progress=False,
+                                keep=columns(zoo_paths(model)), progress=False,
                                 meta={"model": ZOO_MODEL, "card": card.name})
     return {"folder": slug, "evaluation": evaluation}
 
 
 def _summary_line(name: str, evaluation: dict[str, Any]) -> str:
-    rows = {row["label"]: row for row in evaluation["defenses"]}
-    final = rows["final"]
-    ready = next(cell["robust_accuracy"] for cell in final["cells"]
-                 if cell["attack"] == "ready-made (phantom)")
+    final = final_row(evaluation)
     worst = evaluation["aggregate"]["worst_case"]
     return (f"{name}: clean {100 * final['clean_accuracy']:.1f}%, ready-made PGD "
-            f"{100 * ready:.1f}%, white-box worst case {100 * worst['robust_accuracy']:.1f}% "
-            f"({worst['defense']})")
+            f"{100 * ready_made_accuracy(evaluation):.1f}%, white-box worst case "
+            f"{100 * worst['robust_accuracy']:.1f}% ({worst['defense']})")

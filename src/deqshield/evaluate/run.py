@@ -18,7 +18,7 @@ table (:mod:`deqshield.evaluate.sharding`); only rank 0 writes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -37,10 +37,11 @@ from deqshield.evaluate.diagnostics import (
 from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.evaluate.plots import plot_matrix, plot_per_state
-from deqshield.evaluate import run_protocol, select_early_index, write_report
-from deqshield.evaluate.report import write_results
+from deqshield.evaluate.protocol import run_protocol
+from deqshield.evaluate.report import write_report, write_results
+from deqshield.evaluate.selection import select_early_index
 from deqshield.evaluate.sharding import current_shard
-from deqshield.evaluate.specs import Screening
+from deqshield.evaluate.specs import AttackSpec, Screening
 from deqshield.evaluate.standard import (
     AttackBudget,
     explicit_protocol,
@@ -63,14 +64,14 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
                    sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                    autoattack: bool = True, quick: bool = False, early_exit: bool = False,
                    seed: int = 0, progress: bool = True, dev_limit: int = 200,
-                   attack_labels: Optional[Sequence[str]] = None,
+                   keep: Optional[Callable[[AttackSpec], bool]] = None,
                    budget: AttackBudget = AttackBudget(),
                    screening: Optional[Screening] = None,
                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping (an explicit
     network gets its output attacked by PGD-10, APGD and Square instead). The early
-    index is selected on the first ``dev_limit`` dev samples; ``attack_labels`` keeps only
-    those columns of the standard attack set (all by default); ``screening`` ranks the attacks
+    index is selected on the first ``dev_limit`` dev samples; ``keep`` keeps only the columns
+    of the standard attack set it is true for (all by default); ``screening`` ranks the attacks
     on a few samples first (:mod:`deqshield.evaluate.screening`)."""
     check_eps(eps, name="eps")
     if limit is not None:
@@ -114,12 +115,8 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
                                  entropy=entropy, autoattack=autoattack, quick=quick,
                                  early_exit=early_exit, seed=seed, budget=budget,
                                  screening=screening)
-    if attack_labels is not None:
-        kept = tuple(spec for spec in protocol.attacks if spec.title in attack_labels)
-        missing = set(attack_labels) - {spec.title for spec in kept}
-        if missing:
-            raise InputError(f"no such attacks in the standard set: {sorted(missing)}")
-        protocol = dataclasses.replace(protocol, attacks=kept)
+    if keep is not None:
+        protocol = dataclasses.replace(protocol, attacks=tuple(filter(keep, protocol.attacks)))
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
     results["notes"] = [note for note in (redundant_early(model, early_index),) if note]
     results["diagnostics"] = diagnostics

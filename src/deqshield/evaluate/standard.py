@@ -55,6 +55,8 @@ from deqshield.settings import component
 from deqshield.solvers import Broyden
 
 SQUARE = "Square (gradient-free)"
+READY_MADE_PATH = FinalState(gradient=Phantom())
+"""The ready-made attack's gradient path: the phantom gradient at the final state."""
 
 
 @component
@@ -117,8 +119,7 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
     """The attack columns described in the module docstring."""
     steps = model.deq.solver.max_iter
     pgd = budget.pgd
-    specs = [AttackSpec(attack=pgd, path=FinalState(gradient=Phantom()),
-                        label="ready-made (phantom)"),
+    specs = [AttackSpec(attack=pgd, path=READY_MADE_PATH, label="ready-made (phantom)"),
              AttackSpec(attack=pgd, path=FinalState(gradient=Implicit()),
                         label="ready-made (exact)")]
     if isinstance(model.deq.solver, Broyden):
