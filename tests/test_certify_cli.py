@@ -18,7 +18,8 @@ from deqshield.io.config import load_config, parse_config
 from deqshield.data import load_dataset
 from deqshield.errors import ConfigError
 from deqshield.paths import FinalState
-from deqshield.training.objectives import Certified, StepRandomness
+from deqshield.training.forward import StepRandomness
+from deqshield.training.objectives import Certified
 from deqshield.training.run import train
 
 MODELS = {

@@ -27,7 +27,8 @@ from deqshield.smoothing import (ABSTAIN, Serialized, Smoothing, WarmChain,
 from deqshield.smoothing.sampling import base_predictions
 from deqshield.solvers import Anderson, Picard
 from deqshield.training.noise import GaussianNoise
-from deqshield.training.objectives import PGDAT, Standard, StepRandomness
+from deqshield.training.forward import StepRandomness
+from deqshield.training.objectives import PGDAT, Standard
 from deqshield.training.run import train
 
 PHI = NormalDist()

@@ -19,7 +19,8 @@ from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer
                                 TrainingDivergedError, fit)
 from deqshield.training.distributed import Context
 from deqshield.training.accuracy import accuracy, robust_accuracy
-from deqshield.training.objectives import Warmup, forward
+from deqshield.training.adversary import Warmup
+from deqshield.training.forward import forward
 
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=2)
 SELECTION = {"attack": ATTACK, "limit": 6}

@@ -64,7 +64,7 @@ def test_a_warm_started_attack_is_scored_by_the_cold_prediction():
 def retained_bytes(n_steps: int) -> int:
     """Bytes the random-intermediate loss keeps for its backward pass: tensors saved by
     autograd plus solver states held by the returned trajectory."""
-    from deqshield.training.objectives import random_intermediate_forward
+    from deqshield.training.forward import random_intermediate_forward
 
     torch.manual_seed(0)
     settings = ConvDEQSettings(channels=4, solver=Anderson(max_iter=n_steps, tol=0.0))

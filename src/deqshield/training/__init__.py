@@ -6,7 +6,8 @@ from deqshield.training.fit import fit
 from deqshield.training.loop import EpochRecord, TrainHistory, Trainer, TrainingDivergedError
 from deqshield.training.fast_at import FastAT, FreeAT
 from deqshield.training.objective_spec import ObjectiveSpec
-from deqshield.training.objectives import PGDAT, TRADES, Standard, StepOutput, StepRandomness
+from deqshield.training.forward import StepOutput, StepRandomness
+from deqshield.training.objectives import PGDAT, TRADES, Standard
 
 __all__ = ["PGDAT", "TRADES", "EpochRecord", "FastAT", "FreeAT", "ObjectiveSpec", "Standard",
            "StepOutput",

@@ -34,8 +34,9 @@ from deqshield.gradients import GradientSpec
 from deqshield.paths import FinalState
 from deqshield.settings import component
 from deqshield.threat import project
-from deqshield.training.objectives import (StepOutput, StepRandomness, Standard, Warmup,
-                                           adversarial_loss, training_forward, warmup_factor)
+from deqshield.training.adversary import Warmup, eval_mode, warmup_factor
+from deqshield.training.forward import StepOutput, StepRandomness, training_forward
+from deqshield.training.objectives import Standard, adversarial_loss
 
 BOUNDS = (0.0, 1.0)
 
@@ -66,13 +67,9 @@ class FastAT(OneStepSettings):
         """x' of the module docstring at radius ``eps`` (eval mode, mode restored)."""
         noise = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(x.device)
         start = (x + self.noise * eps * noise).clamp(*BOUNDS)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             grad = FinalState(gradient=self.gradient).input_gradient(model, start, y,
                                                                      cross_entropy)
-        finally:
-            model.train(was_training)
         x_adv = start + self.step * eps * grad.sign()
         if self.project:
             return project(x_adv, x, eps, "linf", BOUNDS).detach()

@@ -32,7 +32,8 @@ from deqshield.gradients import Backprop
 from deqshield.training.distributed import Context, epoch_indices
 from deqshield.training.accuracy import accuracy, certified_accuracy, robust_accuracy
 from deqshield.training.metrics import MetricsLog
-from deqshield.training.objectives import Certified, StepRandomness
+from deqshield.training.forward import StepRandomness
+from deqshield.training.objectives import Certified
 from deqshield.training.step import TrainStep
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.settings import component
-from deqshield.training.objectives import Standard, StepOutput, StepRandomness
+from deqshield.training.forward import StepOutput, StepRandomness
+from deqshield.training.objectives import Standard
 
 
 @component

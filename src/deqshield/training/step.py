@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from deqshield.gradients import Backprop, jacobian_frobenius
 from deqshield.models import DEQClassifier
 from deqshield.training.objective_spec import ObjectiveSpec
-from deqshield.training.objectives import Standard, StepOutput, StepRandomness
+from deqshield.training.forward import StepOutput, StepRandomness
+from deqshield.training.objectives import Standard
 
 
 class TrainStep(nn.Module):
