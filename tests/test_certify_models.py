@@ -27,7 +27,7 @@ LOOSE = EquilibriumSettings(
     solver=Anderson(max_iter=6, tol=1e-3, stop_mode="abs"), residual_tolerance=1e-2,
     gradient=Phantom(steps=1))
 TINY = CerDEQSettings(input_shape=(1, 6, 6), num_classes=3, conv_channels=(3,), linear_width=8,
-                    equilibrium=PRECISE)
+                      equilibrium=PRECISE)
 
 
 def randomize_batch_norms(model: nn.Module, seed=0) -> nn.Module:
@@ -179,7 +179,7 @@ def test_model_abstains_when_the_residual_tolerance_is_not_met():
 @pytest.mark.parametrize("parametrization", ["orthogonal", "weight_norm", "spectral_norm"])
 def test_every_parametrization_contracts(parametrization):
     config = CerDEQSettings(input_shape=(3, 8, 8), conv_channels=(4, 6), linear_width=10,
-                          parametrization=parametrization, contraction_factor=0.9)
+                            parametrization=parametrization, contraction_factor=0.9)
     model = CerDEQ(config)
     with torch.no_grad():
         for layer in model.layers:
@@ -217,6 +217,6 @@ def test_cnn7_margins_are_sound_and_budget_matching_works():
     budget = sum(p.numel() for p in CerDEQ(CerDEQSettings()).parameters())
     matched = cnn7_matching_budget(budget)
     nearby = [CNN7Settings(width=w, linear_width=8 * w) for w in (matched.width - 1,
-                                                                matched.width + 1)]
+                                                                  matched.width + 1)]
     error = abs(cnn7_parameter_count(matched) - budget)
     assert all(error <= abs(cnn7_parameter_count(c) - budget) for c in nearby)

@@ -84,7 +84,7 @@ def synthetic_batch(n=32, seed=0):
 def test_loss_weights_and_statistics():
     torch.manual_seed(0)
     model = CerDEQ(CerDEQSettings(input_shape=(1, 6, 6), num_classes=2, conv_channels=(3,),
-                                linear_width=8)).eval()
+                                  linear_width=8)).eval()
     x, y = synthetic_batch(8)
     settings = CertifiedObjective(natural_weight=0.25, regularizer_weight=0.5)
     clean, stats0 = certified_loss(model, x, y, 0.0, 0.1, settings)
@@ -104,10 +104,10 @@ def test_a_few_certified_training_steps_lower_the_certified_loss(kind):
     torch.manual_seed(0)
     if kind == "cerdeq":
         model = CerDEQ(CerDEQSettings(input_shape=(1, 6, 6), num_classes=2, conv_channels=(4,),
-                                    linear_width=16))
+                                      linear_width=16))
     else:
         model = CNN7(CNN7Settings(input_shape=(1, 6, 6), num_classes=2, width=4,
-                                linear_width=16))
+                                  linear_width=16))
     x, y = synthetic_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     eps_now, eps_target = 0.05, 0.1

@@ -17,7 +17,7 @@ from deqshield.models.mdeq_blocks import StatePacker
 from deqshield.solvers import Broyden, Picard
 
 TINY = MDEQSettings(channels=(4, 8, 8), head_channels=(2, 2, 4), final_channels=8, expansion=2,
-            groups=2, dropout=0.5, solver=Broyden(max_iter=4, tol=1e-3))
+                    groups=2, dropout=0.5, solver=Broyden(max_iter=4, tol=1e-3))
 SHAPE = (3, 16, 16)
 STATE_SIZE = 4 * 16 * 16 + 8 * 8 * 8 + 8 * 4 * 4
 

@@ -38,7 +38,7 @@ def synthetic(n: int = 16, seed: int = 0) -> ArrayDataset:
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     spec = ConvDEQSettings(channels=4, downsample=1, pool=2, solver=Anderson(max_iter=6, tol=1e-4),
-                   gradient=Phantom(steps=2, damping=0.5))
+                           gradient=Phantom(steps=2, damping=0.5))
     return spec.build((1, 8, 8), 3)
 
 

@@ -72,7 +72,7 @@ def cnn7_matching_budget(num_parameters: int, input_shape: tuple[int, int, int] 
     width = 1
     while True:
         config = CNN7Settings(input_shape=input_shape, num_classes=num_classes, width=width,
-                            linear_width=8 * width)
+                              linear_width=8 * width)
         if best is None or (abs(cnn7_parameter_count(config) - num_parameters)
                             < abs(cnn7_parameter_count(best) - num_parameters)):
             best = config
@@ -85,10 +85,7 @@ class CNN7(CertifiableClassifier):
     """CNN-7-BN sized by :class:`CNN7Settings`."""
 
     def __init__(self, config: CNN7Settings = CNN7Settings()):
-        super().__init__()
-        self.config = config
-        self.input_shape = tuple(config.input_shape)
-        self.num_classes = config.num_classes
+        super().__init__(config)
         layers: list[nn.Module] = []
         for cin, cout, stride in _conv_plan(config):
             layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout),
@@ -104,7 +101,7 @@ class CNN7(CertifiableClassifier):
         logits = self.head(self.features(x))
         batch = x.shape[0]
         return CertifiableOutput(logits, logits.new_zeros(batch, 0),
-                          torch.ones(batch, dtype=torch.bool, device=x.device))
+                                 torch.ones(batch, dtype=torch.bool, device=x.device))
 
     def margin_bounds(self, box: Interval, y: Tensor,
                       trace: Optional[list[Interval]] = None) -> Interval:

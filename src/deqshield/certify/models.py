@@ -67,10 +67,14 @@ class CertifiableOutput:
 
 
 class CertifiableClassifier(nn.Module):
-    """A classifier with an abstention flag and certified margin bounds (see module doc)."""
+    """A classifier with an abstention flag and certified margin bounds (see module doc),
+    sized by its settings ``config``."""
 
-    input_shape: tuple[int, ...]
-    num_classes: int
+    def __init__(self, config: SizedSettings):
+        super().__init__()
+        self.config = config
+        self.input_shape = tuple(config.input_shape)
+        self.num_classes = config.num_classes
 
     def evaluate(self, x: Tensor) -> CertifiableOutput:
         raise NotImplementedError
@@ -141,10 +145,7 @@ class CerDEQ(CertifiableClassifier):
     """Stacked CerDEQ layers and a linear classifier, sized by :class:`CerDEQSettings`."""
 
     def __init__(self, config: CerDEQSettings = CerDEQSettings()):
-        super().__init__()
-        self.config = config
-        self.input_shape = tuple(config.input_shape)
-        self.num_classes = config.num_classes
+        super().__init__(config)
         k = config.kernel_size
         fusion_options = dict(parametrization=config.parametrization,
                               factor=config.contraction_factor,
@@ -156,8 +157,8 @@ class CerDEQ(CertifiableClassifier):
             conv = nn.Conv2d(channels, out, k, stride=2, padding=k // 2, bias=False)
             deq_extractor_init_(conv)
             layers.append(CerDEQLayer(nn.Sequential(conv, nn.BatchNorm2d(out)),
-                                   FusionWeight((out, out, k, k), **fusion_options),
-                                   config.equilibrium))
+                                      FusionWeight((out, out, k, k), **fusion_options),
+                                      config.equilibrium))
             channels, height, width = out, (height - 1) // 2 + 1, (width - 1) // 2 + 1
         linear = nn.Linear(channels * height * width, config.linear_width, bias=False)
         deq_extractor_init_(linear)

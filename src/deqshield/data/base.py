@@ -8,7 +8,7 @@ and turn decoded ``uint8`` pixels into the ``float32`` tensors the models consum
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -119,6 +119,23 @@ def missing_files_error(
         f"{title}: could not find {', '.join(required)} in any of: {searched}. "
         f"To fix this, {DOWNLOAD_HINT}."
     )
+
+
+def locate(name: str, split: str, root: str | Path | None, subdirs: Sequence[str],
+           files: Mapping[str, Sequence[str]], download: bool,
+           fetch: Callable[[Path], Path]) -> Path:
+    """The directory holding the ``files[split]`` of data set ``name``: the first of
+    ``root / subdir`` that has them all (``root`` None: :data:`DEFAULT_ROOT`); when none has,
+    ``fetch(root)`` downloads them and returns their directory if ``download``, else a
+    :func:`missing_files_error` is raised."""
+    required = files[check_split(split)]
+    root = resolve_root(root)
+    directory = find_directory(root, subdirs, required)
+    if directory is not None:
+        return directory
+    if not download:
+        raise missing_files_error(f"{name} {split} split", root, subdirs, required)
+    return fetch(root)
 
 
 def md5_of_bytes(data: bytes) -> str:

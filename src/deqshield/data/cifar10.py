@@ -20,17 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from deqshield.data.base import (
-    ArrayDataset,
-    check_split,
-    find_directory,
-    missing_files_error,
-    read_verified,
-    resolve_root,
-    to_labels,
-    to_unit_float,
-)
-from deqshield.data.download import download_file, extract_archive
+from deqshield.data.base import ArrayDataset, locate, read_verified, to_labels, to_unit_float
+from deqshield.data.download import fetch_archive
 from deqshield.errors import DataError
 
 NAME = "cifar10"
@@ -104,16 +95,10 @@ def load_cifar10(
     Raises:
         DataError: files missing (and ``download`` false), corrupt, or with a wrong md5.
     """
-    split = check_split(split)
-    root = resolve_root(root)
-    required = FILES[split]
-    directory = find_directory(root, SUBDIRS, required)
-    if directory is None:
-        if not download:
-            raise missing_files_error(f"{NAME} {split} split", root, SUBDIRS, required)
-        archive = download_file(ARCHIVE, root / NAME, MD5SUMS[ARCHIVE], mirrors or MIRRORS)
-        directory = extract_archive(archive, BATCHES_DIR, root / NAME)
-    batches = [parse_batch(directory / filename) for filename in required]
+    directory = locate(NAME, split, root, SUBDIRS, FILES, download,
+                       lambda root: fetch_archive(ARCHIVE, MD5SUMS[ARCHIVE], mirrors or MIRRORS,
+                                                  BATCHES_DIR, root / NAME))
+    batches = [parse_batch(directory / filename) for filename in FILES[split]]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     return ArrayDataset(

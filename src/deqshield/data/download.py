@@ -141,3 +141,11 @@ def _extract_all(archive: Path, directory: Path) -> None:
                 bundle.extractall(directory, filter="data")
     except (OSError, zipfile.BadZipFile, tarfile.TarError) as error:
         raise DataError(f"{archive}: cannot extract the archive ({error})") from error
+
+
+def fetch_archive(archive: str, md5: str, mirrors: Sequence[str], member_root: str,
+                  destination: Path) -> Path:
+    """Download ``archive`` into ``destination`` (checking its md5) and extract its folder
+    ``member_root`` there; returns the extracted folder."""
+    return extract_archive(download_file(archive, destination, md5, mirrors), member_root,
+                           destination)

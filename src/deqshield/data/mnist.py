@@ -17,16 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deqshield.data.base import (
-    ArrayDataset,
-    check_split,
-    find_directory,
-    missing_files_error,
-    read_verified,
-    resolve_root,
-    to_labels,
-    to_unit_float,
-)
+from deqshield.data.base import ArrayDataset, locate, read_verified, to_labels, to_unit_float
 from deqshield.data.download import download_file
 from deqshield.errors import DataError
 
@@ -113,17 +104,14 @@ def load_idx_dataset(
     Raises:
         DataError: files missing (and ``download`` false), corrupt, or with a wrong md5.
     """
-    split = check_split(split)
-    root = resolve_root(root)
-    required = FILES[split]
-    directory = find_directory(root, SUBDIRS[name], required)
-    if directory is None:
-        if not download:
-            raise missing_files_error(f"{name} {split} split", root, SUBDIRS[name], required)
-        directory = root / name
-        for filename in required:
-            download_file(filename, directory, MD5SUMS[name][filename], mirrors or MIRRORS[name])
-    images_path, labels_path = (directory / filename for filename in required)
+    def fetch(root: Path) -> Path:
+        for filename in FILES[split]:
+            download_file(filename, root / name, MD5SUMS[name][filename],
+                          mirrors or MIRRORS[name])
+        return root / name
+
+    directory = locate(name, split, root, SUBDIRS[name], FILES, download, fetch)
+    images_path, labels_path = (directory / filename for filename in FILES[split])
     md5sums = MD5SUMS[name]
     images = parse_idx_images(read_verified(images_path, md5sums[images_path.name]), images_path)
     labels = parse_idx_labels(read_verified(labels_path, md5sums[labels_path.name]), labels_path)

@@ -25,16 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from deqshield.data.base import (
-    ArrayDataset,
-    check_split,
-    find_directory,
-    missing_files_error,
-    resolve_root,
-    to_labels,
-    to_unit_float,
-)
-from deqshield.data.download import download_file, extract_archive
+from deqshield.data.base import ArrayDataset, locate, to_labels, to_unit_float
+from deqshield.data.download import fetch_archive
 from deqshield.errors import DataError
 
 NAME = "tiny-imagenet"
@@ -77,14 +69,9 @@ def load_tiny_imagenet(
     Raises:
         DataError: files missing (and ``download`` false), unreadable or malformed.
     """
-    split = check_split(split)
-    root = resolve_root(root)
-    directory = find_directory(root, SUBDIRS, REQUIRED[split])
-    if directory is None:
-        if not download:
-            raise missing_files_error(f"{NAME} {split} split", root, SUBDIRS, REQUIRED[split])
-        archive = download_file(ARCHIVE, root / NAME, MD5SUMS[ARCHIVE], mirrors or MIRRORS)
-        directory = extract_archive(archive, FOLDER, root / NAME)
+    directory = locate(NAME, split, root, SUBDIRS, REQUIRED, download,
+                       lambda root: fetch_archive(ARCHIVE, MD5SUMS[ARCHIVE], mirrors or MIRRORS,
+                                                  FOLDER, root / NAME))
     wnids = read_wnids(directory / "wnids.txt")
     listing = list_train(directory, wnids) if split == "train" else list_val(directory, wnids)
     if not listing:

@@ -124,7 +124,7 @@ def columns(paths: Sequence[PathSpec]) -> Callable[[AttackSpec], bool]:
 def certified_models(size: DemoSize) -> dict[str, dict[str, Any]]:
     """A CerDEQ and the CNN-7 with the parameter budget closest to it (model sections)."""
     cerdeq = CerDEQSettings(input_shape=(1, 8, 8), conv_channels=(size.certified_channels,),
-                          linear_width=size.certified_width)
+                            linear_width=size.certified_width)
     budget = sum(p.numel() for p in cerdeq.build((1, 8, 8), 10).parameters())
     cnn7 = cnn7_matching_budget(budget, (1, 8, 8), 10)
     return {"CerDEQ": settings_dict(cerdeq), "CNN-7 (same budget)": settings_dict(cnn7)}

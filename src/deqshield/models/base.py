@@ -34,6 +34,19 @@ class Classifier(nn.Module):
         check_input(x, self.input_shape, None if weight is None else weight.dtype)
 
 
+class SequentialClassifier(Classifier):
+    """An explicit classifier: ``layers`` applied in order to a checked input batch."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int,
+                 layers: Sequence[nn.Module]):
+        super().__init__(input_shape, num_classes)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.layers(x)
+
+
 class DEQClassifier(Classifier):
     """logits = head(z*), z* = f(z*, inject(x)).
 

@@ -149,5 +149,5 @@ MDEQ_LARGE = MDEQSettings()
 """DEQ-Large of closer-look-neurips22 / regulating-dynamics-icml23 (about ResNet-18's size)."""
 
 MDEQ_XL = MDEQSettings(channels=(72, 144, 288, 576), head_channels=(20, 40, 80, 160),
-               final_channels=1800)
+                       final_channels=1800)
 """DEQ-XL of closer-look-neurips22 (about WideResNet-34-10's size)."""

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deqshield.errors import InputError
-from deqshield.models.base import Classifier
+from deqshield.models.base import SequentialClassifier
 from deqshield.settings import component
 
 
@@ -44,13 +44,12 @@ class BasicBlock(nn.Module):
         return (self.body(x) + self.shortcut(x)).relu()
 
 
-class ResNet18(Classifier):
+class ResNet18(SequentialClassifier):
     """The network built by :class:`ResNet18Settings`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, width: float):
-        super().__init__(input_shape, num_classes)
         widths = [max(1, round(64 * 2 ** k * width)) for k in range(4)]
-        layers: list[nn.Module] = [conv_bn(self.input_shape[0], widths[0], 3), nn.ReLU()]
+        layers: list[nn.Module] = [conv_bn(int(input_shape[0]), widths[0], 3), nn.ReLU()]
         previous = widths[0]
         for stage, channels in enumerate(widths):
             for block in range(2):
@@ -58,11 +57,7 @@ class ResNet18(Classifier):
                 layers.append(BasicBlock(previous, channels, stride))
                 previous = channels
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        return self.layers(x)
+        super().__init__(input_shape, num_classes, layers)
 
 
 @component

@@ -8,31 +8,26 @@ from __future__ import annotations
 from typing import Annotated, Literal, Sequence
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
-from deqshield.models.base import Classifier
+from deqshield.models.base import SequentialClassifier
 from deqshield.settings import component
 
 
-class SmallCNN(Classifier):
+class SmallCNN(SequentialClassifier):
     """The network built by :class:`SmallCNNSettings`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
                  channels: Sequence[int], pool: int):
-        super().__init__(input_shape, num_classes)
         layers: list[nn.Module] = []
-        previous = self.input_shape[0]
+        previous = int(input_shape[0])
         for index, width in enumerate(channels):
             layers += [nn.Conv2d(previous, width, 3, stride=1 if index == 0 else 2, padding=1),
                        nn.ReLU()]
             previous = width
         layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
                    nn.Linear(previous * pool ** 2, num_classes)]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        return self.layers(x)
+        super().__init__(input_shape, num_classes, layers)
 
 
 @component
