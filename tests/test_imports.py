@@ -1,5 +1,6 @@
 """The house has no import circles: the graph of deqshield's modules, read with ``ast`` from
-every import statement (module level and inside functions, absolute and relative), is acyclic."""
+every import statement (module level and inside functions, absolute and relative), is acyclic;
+and the public API is listed in one place, ``deqshield.api``."""
 
 from __future__ import annotations
 
@@ -79,3 +80,14 @@ def test_a_cycle_is_found():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_public_api_is_listed_in_one_place():
+    """``deqshield.api`` imports exactly the names its ``__all__`` lists, and each resolves."""
+    import deqshield.api as api
+
+    tree = ast.parse((PACKAGE / "api.py").read_text())
+    imported = {alias.asname or alias.name for node in tree.body
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert imported == set(api.__all__)
+    assert all(hasattr(api, name) for name in api.__all__)
