@@ -11,7 +11,9 @@ input), and implements its own sign-gradient ascent with random restarts, scorin
 * ``--restarts`` random starts each, ``--steps`` steps of size eps / 4 (and eps / 10).
 
 A sample that this attacker breaks for a defense while ``results.json`` lists it among the
-defense's ``robust_samples`` is an outside finding: the evaluation overstated robustness.
+defense's ``robust_samples`` is an outside finding: the evaluation overstated robustness. Only the
+samples some defense counts robust are attacked (no other sample can be such a finding); the
+printed "lowered to" figure is the evaluation's worst case minus those findings.
 
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 [--limit 64]
 """
@@ -83,8 +85,10 @@ def main() -> None:
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     results = json.loads(args.results.read_text())
-    data = run.test if args.limit is None else run.test.subset(range(args.limit), "slice")
-    x, y = materialize(data)
+    limit = results["samples"] if args.limit is None else args.limit
+    attacked = sorted({i for row in results["defenses"] for i in row["robust_samples"]
+                       if i < limit})
+    x, y = materialize(run.test.subset(attacked, "counted robust"))
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
@@ -97,15 +101,15 @@ def main() -> None:
                                args.restarts, seed=depth)
                 for name in readouts:
                     total[name] |= found[name]
+    print(f"attacked the {len(attacked)} of the first {limit} samples some defense counts robust")
     for row in results["defenses"]:
         name = row["label"]
-        robust = set(row["robust_samples"])
-        clean = readouts[name].logits(model, x).argmax(1) == y
-        independent = clean & ~total[name]
-        missed = sorted(robust & set(total[name].nonzero().squeeze(1).tolist()))
-        print(f"{name}: deqshield worst case {row['worst_case_accuracy']:.3f}, independent "
-              f"attacker {float(independent.float().mean()):.3f}; samples deqshield counted "
-              f"robust that the independent attacker broke: {missed or 'none'}")
+        robust = {i for i in row["robust_samples"] if i < limit}
+        broken = {attacked[k] for k in total[name].nonzero().squeeze(1).tolist()}
+        missed = sorted(robust & broken)
+        print(f"{name}: deqshield robust {len(robust)}/{limit} ({len(robust) / limit:.3f}), "
+              f"lowered to {(len(robust) - len(missed)) / limit:.3f} by the independent "
+              f"attacker; samples deqshield counted robust that it broke: {missed or 'none'}")
 
 
 if __name__ == "__main__":

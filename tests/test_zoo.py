@@ -309,3 +309,10 @@ def test_slice_predictions_of_an_mnist_model_are_checked(in_zoo, tmp_path, monke
     (folder / store.CARD).write_text(json.dumps(fields))
     with pytest.raises(AssertionError):
         assert_matches_card(folder.name)
+
+
+def test_fashion_mnist_slice_is_the_start_of_the_official_test_set():
+    data = zoo.test_slice("fashion-mnist")
+    assert data.images.shape == (256, 1, 28, 28) and data.images.dtype == torch.float32
+    assert data.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert data.class_names[9] == "Ankle boot"

@@ -1,7 +1,8 @@
 """Small test slices shipped with the package, for offline checks of zoo models.
 
-``zoo/data/mnist-test-256.safetensors``: the first 256 images (uint8, 1x28x28) and labels of
-the official MNIST test set (source, checksums and sha256: ``zoo/data/README.md``).
+``zoo/data/{mnist,fashion-mnist}-test-256.safetensors``: the first 256 images (uint8, 1x28x28)
+and labels of the official MNIST / Fashion-MNIST test sets (sources, checksums and sha256:
+``zoo/data/README.md``).
 :func:`test_slice` checks the file's sha256 before it is used; :func:`slice_predictions` is
 what a card records in ``slice_predictions``.
 """
@@ -24,6 +25,8 @@ DATA = Path(__file__).resolve().parent / "data"
 SLICES: dict[str, tuple[str, str]] = {
     "mnist": ("mnist-test-256.safetensors",
               "ec5ca14252404c49ab1f08d1d989148999555739cae396cb6f34679e550e7d76"),
+    "fashion-mnist": ("fashion-mnist-test-256.safetensors",
+                      "3cc9e03372583e0b55c52d1c7edea249873edf46f9e63fda926aa2f835ebb4c2"),
 }
 """File and sha256 of each data set's slice."""
 PREDICTED = 64
