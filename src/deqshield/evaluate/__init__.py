@@ -1,7 +1,9 @@
 """The white-box evaluation protocol of closer-look-neurips22 (Sec. 5-6, Tables 2-3, 6):
 defenses (readouts) x attacks (attack + gradient path), per-sample verdicts, the papers' min-max
 aggregate and the per-sample worst case, obfuscation flags, transfer, early-state selection,
-and results.json / report.md. The (i, K, lambda) sweep lives in ``deqshield.evaluate.sweep``."""
+and results.json / report.md. The (i, K, lambda) sweep lives in ``deqshield.evaluate.sweep``,
+the standard attack set in :mod:`.standard`, the dynamics diagnostics in :mod:`.diagnostics`
+and the ``deqshield evaluate`` driver in :mod:`.run`."""
 
 from deqshield.evaluate.flags import Flag, obfuscation_flags
 from deqshield.evaluate.matrix import evaluate_matrix

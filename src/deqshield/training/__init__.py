@@ -1,5 +1,8 @@
-"""Training: objectives (standard, PGD-AT, TRADES, random intermediate states), the loop with
-checkpoints/resume/selection, and ``train`` (in :mod:`deqshield.training.run`) for configs."""
+"""Training: objectives (:mod:`.objectives`: standard, PGD-AT, TRADES, certified;
+:mod:`.fast_at`, :mod:`.noise`), what a loss reads (:mod:`.forward`, random intermediate states)
+and attacks (:mod:`.adversary`), the loop with checkpoints/resume/selection (:mod:`.loop`, its
+dev-set metrics in :mod:`.accuracy`), and ``train`` (in :mod:`deqshield.training.run`) for
+configs."""
 
 from deqshield.training.accuracy import accuracy, robust_accuracy
 from deqshield.training.fit import fit

@@ -1,5 +1,5 @@
-"""Evaluation during training: clean, PGD and certified accuracy with the full deterministic
-solver.
+"""Dev-set metrics during training (checkpoint selection, the overfit guard): clean, PGD and
+certified accuracy with the full deterministic solver.
 
 Always in eval mode on the model itself (never a random-depth readout); the PGD random start
 draws from a fresh generator with a fixed seed, so evaluating never consumes training

@@ -24,7 +24,6 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from deqshield.io.atomic import replace_atomically
 from deqshield.errors import CheckpointError, InputError
 from deqshield.settings import component, settings_dict
 
@@ -157,8 +156,3 @@ def read_card(path: Path) -> Card:
 def card_json(card: Card) -> str:
     """The card as indented JSON (what ``card.json`` holds and ``zoo show`` prints)."""
     return json.dumps(settings_dict(card), indent=2) + "\n"
-
-
-def write_card(path: Path, card: Card) -> Path:
-    """Write ``card.json`` atomically."""
-    return replace_atomically(Path(path), card_json(card))
