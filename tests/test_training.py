@@ -12,7 +12,7 @@ import torch
 from deqshield.attacks.pgd import PGD
 from deqshield.io.config import ExperimentConfig, TrainConfig, load_config, parse_config
 from deqshield.data import ArrayDataset
-from deqshield.gradients import Phantom
+from deqshield.gradients import Backprop, Phantom
 from deqshield.models import ConvDEQSettings, ModelSpec
 from deqshield.solvers import Anderson
 from deqshield.training import (PGDAT, TRADES, Standard, StepRandomness, Trainer,
@@ -166,6 +166,24 @@ def test_random_intermediate_loss_reads_the_drawn_state():
     states = model.trajectory(data.images).states  # the loss itself keeps only z_i
     expected = model.head(f(states[i]))
     torch.testing.assert_close(output.logits, expected)
+
+
+def test_random_intermediate_loss_unrolls_a_backprop_gradient_to_the_drawn_depth():
+    # Backprop with a fixed number of steps replaces the forward solve: the loss on z_i must
+    # unroll i iterations, not the configured N (a fixed N silently trained on z_N).
+    model = tiny_model()
+    model.deq.gradient = Backprop(steps=6)
+    data = synthetic(6)
+    i = int(torch.randint(1, 7, (1,), generator=torch.Generator().manual_seed(0)))
+    assert i < 6, "test assumes an intermediate depth"
+    output = Standard(random_intermediate=True).loss(
+        model, data.images, data.labels, StepRandomness(depth=torch.Generator().manual_seed(0)))
+    f = model.cell_map(data.images)
+    z = model.trajectory(data.images).initial
+    for _ in range(i):
+        z = f(z)
+    torch.testing.assert_close(output.logits, model.head(z))
+    assert not torch.allclose(output.logits, model(data.images))
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -8,6 +8,8 @@ unrolled state, not the solver's.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import ClassVar, Annotated, Literal, Optional
 
 from pydantic import Field
@@ -27,6 +29,10 @@ class Backprop:
     replaces_forward: ClassVar[bool] = True
     steps: Optional[Annotated[int, Field(ge=1)]] = None
     damping: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    def at_depth(self, depth: int) -> "Backprop":
+        """Backpropagation through the first ``depth`` iterations (the value is z_depth)."""
+        return dataclasses.replace(self, steps=depth)
 
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
         steps = self.steps or max(trajectory.num_steps, 1)

@@ -34,3 +34,9 @@ class GradientMode(Protocol):
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
         """Return z (shape of ``trajectory.final``) carrying this mode's gradient."""
         ...
+
+    def at_depth(self, depth: int) -> "GradientMode":
+        """This mode for the state after ``depth`` solver iterations (the random-intermediate
+        loss, regulating-dynamics-icml23 Eq. 10): a mode that attaches at the given state is
+        unchanged; a mode that replaces the forward solve unrolls ``depth`` iterations."""
+        ...

@@ -32,6 +32,10 @@ class Implicit:
     replaces_forward: ClassVar[bool] = False
     backward_solver: SolverSpec = Anderson(max_iter=30, tol=1e-6)
 
+    def at_depth(self, depth: int) -> "Implicit":
+        """Unchanged: this mode attaches at whatever state it is given."""
+        return self
+
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
         z = f(trajectory.final.detach())
         if not z.requires_grad:

@@ -37,5 +37,9 @@ class Phantom:
     steps: Annotated[int, Field(ge=1)] = 5
     damping: Annotated[float, Field(gt=0, le=1)] = 0.5
 
+    def at_depth(self, depth: int) -> "Phantom":
+        """Unchanged: this mode attaches at whatever state it is given."""
+        return self
+
     def attach(self, f: CellFn, trajectory: Trajectory) -> Tensor:
         return unroll(f, trajectory.final.detach(), self.steps, self.damping)

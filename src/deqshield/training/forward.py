@@ -77,7 +77,7 @@ def random_intermediate_forward(model: nn.Module, x: Tensor,
                                 generator: Optional[torch.Generator]
                                 ) -> tuple[Tensor, Trajectory]:
     """h(z_i) with i ~ U{1..N} (N the solver's ``max_iter``) and the gradient mode attached at
-    z_i; the full trajectory. The index is drawn before the solve and z_i is kept as the
+    z_i (``GradientMode.at_depth``: plain backprop unrolls i iterations); the full trajectory. The index is drawn before the solve and z_i is kept as the
     solver streams it, so no other state is stored (memory flat in N); a solve that stops at
     T < i has the frozen state z_i = z_T, as the readouts read it."""
     if not isinstance(model, DEQClassifier):
@@ -93,7 +93,8 @@ def random_intermediate_forward(model: nn.Module, x: Tensor,
 
     trajectory = model.deq.solve(u, callback=keep)
     z_i = picked.get("z", trajectory.final)
-    z = model.deq.gradient.attach(model.deq.bind(u), truncated_at(trajectory, i, z_i))
+    z = model.deq.gradient.at_depth(i).attach(model.deq.bind(u),
+                                              truncated_at(trajectory, i, z_i))
     return model.head(z), trajectory
 
 
