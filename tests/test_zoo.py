@@ -5,6 +5,7 @@ in the package is checked against its card."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -20,11 +21,14 @@ from deqshield.io.config import parse_config
 from deqshield.errors import CheckpointError, DataError, InputError
 from deqshield.evaluate.run import evaluate_run
 from deqshield.io.runs import load_run
+from deqshield.smoothing.run import smooth_run
+from deqshield.smoothing.sampling import Smoothing
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
 from deqshield.zoo.cards import card_json, read_card
 from deqshield.zoo.package import add_run
 from deqshield.zoo.render import render
+from deqshield.zoo.smoothed import largest_radius
 
 DEQ = "digits-linf-0.1-deq"
 CERDEQ = "digits-linf-0.005-cerdeq"
@@ -316,3 +320,139 @@ def test_fashion_mnist_slice_is_the_start_of_the_official_test_set():
     assert data.images.shape == (256, 1, 28, 28) and data.images.dtype == torch.float32
     assert data.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
     assert data.class_names[9] == "Ankle boot"
+
+
+SMOOTHED = "digits-l2-0.25-deqsmooth25"
+SMOOTHING = Smoothing(sigma=0.25, n0=10, n=50, alpha=0.1, batch=25)
+
+
+NOISE_CONFIG = {
+    "data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 600},
+    "model": {"name": "conv-deq", "channels": 8, "downsample": 1, "pool": 2,
+              "solver": {"name": "broyden", "max_iter": 6, "tol": 1e-4}},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 1e-2,
+              "objective": {"name": "gaussian-noise", "sigma": 0.25},
+              "selection": {"metric": "clean", "limit": 32}},
+}
+
+
+@pytest.fixture(scope="module")
+def smoothed_run(tmp_path_factory):
+    """A digits DEQ trained with Gaussian noise and certified by randomized smoothing on 8
+    test images (few draws: largest certifiable radius 0.43)."""
+    run = tmp_path_factory.mktemp("noise")
+    train(parse_config(NOISE_CONFIG), run, progress=False)
+    smooth_run(run, SMOOTHING, out=run / "smoothing", limit=8)
+    return run
+
+
+@pytest.fixture
+def smoothed_zoo(smoothed_run, tmp_path, monkeypatch):
+    """A zoo holding the smoothed digits DEQ, packaged through the command line."""
+    monkeypatch.setenv(store.ENVIRONMENT, str(tmp_path / "zoo"))
+    assert main(["zoo", "add", str(smoothed_run), "--name", SMOOTHED, "--config-file",
+                 "digits-conv-deq-pgdat.yaml", "--smoothing",
+                 str(smoothed_run / "smoothing")]) == 0
+    return tmp_path / "zoo"
+
+
+def test_smoothed_card_records_the_certification_and_its_command(smoothed_zoo, smoothed_run,
+                                                                  tmp_path, capsys):
+    report = json.loads((smoothed_run / "smoothing" / "smoothing.json").read_text())
+    card = zoo.card(SMOOTHED)
+    record = card.smoothing
+    assert record is not None and record.settings == SMOOTHING and record.test_images == 8
+    assert (card.threat_model, card.eps, card.kind, card.test_images) == ("L2", 0.25,
+                                                                          "deqsmooth25", 8)
+    assert card.clean_accuracy == report["certified_accuracy"]["0"]
+    assert card.certified_accuracy == report["certified_accuracy"]["0.25"]
+    assert record.certified_accuracy == {"0": report["certified_accuracy"]["0"],
+                                         "0.25": report["certified_accuracy"]["0.25"]}
+    assert 0.25 < largest_radius(SMOOTHING) < 0.5  # the reported 0.5 was left out
+    assert record.abstained == report["abstained"]
+    assert record.cell_evaluations_per_image == report["mean_cell_evaluations"]
+    assert record.command == (f"deqshield smooth zoo:{SMOOTHED} --sigma 0.25 --n0 10 --n 50 "
+                              "--alpha 0.1 --batch 25 --readout final --seed 0 --limit 8 "
+                              "--out OUT --data-dir DATA")
+    assert_matches_card(SMOOTHED)
+    out = tmp_path / "again"
+    command = record.command.split()[1:-4]
+    assert main([*command, "--out", str(out)]) == 0
+    assert json.loads((out / "smoothing.json").read_text())["records"] == report["records"]
+    assert main(command) == 2
+    assert "pass --out" in capsys.readouterr().err
+    text = render()
+    assert f"| `{SMOOTHED}` | conv-deq (gaussian-noise) |" in text and record.command in text
+    assert "| r = 0 | r = 0.25 |" in text and "r = 0.5" not in text
+    assert f"`{SMOOTHED}`" not in text.split("## Smoothed models")[0]
+
+
+def test_smoothed_cards_are_validated(smoothed_zoo, tmp_path):
+    card = zoo.card(SMOOTHED)
+    record = card.smoothing
+    assert record is not None
+    accuracy = record.certified_accuracy
+    images = record.test_images
+    bad_records = {
+        "cannot be certified": {**accuracy, "0.5": 0.0},
+        "not a count": {**accuracy, "0.25": 0.3},
+        "must not increase": {"0": accuracy["0"] / 2, "0.25": accuracy["0"]},
+        "must give radius 0": {"0.25": accuracy["0.25"]},
+        "not a radius": {**accuracy, "0.10": 0.0},
+    }
+    for message, values in bad_records.items():
+        with pytest.raises(ValidationError, match=message):
+            dataclasses.replace(record, certified_accuracy=values)
+    with pytest.raises(ValidationError, match="exceeds test_images"):
+        dataclasses.replace(record, abstained=images + 1)
+    with pytest.raises(ValidationError, match="counts images abstained on"):
+        dataclasses.replace(record, abstained=images - round(accuracy["0"] * images) + 1)
+    with pytest.raises(ValidationError, match="fewer than the n0 \\+ n"):
+        dataclasses.replace(record, cell_evaluations_per_image=59.0)
+    bad_cards = {
+        "kind is {base}smooth": {"name": "digits-l2-0.25-deqsmooth50"},
+        "threat model is L2": {"name": "digits-linf-0.25-deqsmooth25", "threat_model": "Linf"},
+        "not a radius the smoothing record certified": {"name": "digits-l2-0.3-deqsmooth25",
+                                                        "eps": 0.3},
+        "the smoothing record's accuracy": {"clean_accuracy": 0.0},
+        "only for one": {"solver": None},
+        "the smoothing command must be": {"smoothing": dataclasses.replace(
+            record, command=record.command.replace("--seed 0", "--seed 1"))},
+        "has no smoothing record": {"smoothing": None},
+    }
+    for message, changes in bad_cards.items():
+        with pytest.raises(ValidationError, match=message):
+            dataclasses.replace(card, **changes)
+    fields = json.loads(card_json(card))
+    fields["smoothing"]["certified_accuracy"]["0.5"] = 0.0
+    (tmp_path / "card.json").write_text(json.dumps(fields))
+    with pytest.raises(CheckpointError, match="smoothing.*cannot be certified"):
+        read_card(tmp_path / "card.json")
+
+
+def test_zoo_add_checks_the_smoothing_it_packages(smoothed_zoo, smoothed_run, deq_run,
+                                                  tmp_path):
+    """Only a certification of the packaged checkpoint, on its model and test data, at the
+    name's radius, makes a smoothed card."""
+    folder = smoothed_run / "smoothing"
+    add = functools.partial(add_run, smoothed_run, config_file="digits-conv-deq-pgdat.yaml",
+                            force=True)
+    with pytest.raises(InputError, match="--smoothing certification only"):
+        add(SMOOTHED, smoothing=folder, evaluation=deq_run / "evaluation")
+    with pytest.raises(InputError, match="radius 0.5 is not one the smoothing certified"):
+        add("digits-l2-0.5-deqsmooth25", smoothing=folder)
+    with pytest.raises(ValidationError, match="kind is"):
+        add("digits-l2-0.25-deq", smoothing=folder)
+    report = json.loads((folder / "smoothing.json").read_text())
+    changes = {"certified checkpoint": {"checkpoint": "elsewhere/checkpoints/step-00000001"},
+               "not the run's": {"data": "digits/test[:5]"},
+               "invalid smoothing settings": {"settings": {**report["settings"], "n": 0}},
+               "not a valid record": {"seed": None}}
+    for message, change in changes.items():
+        (tmp_path / "smoothing.json").write_text(json.dumps({**report, **change}))
+        with pytest.raises(InputError, match=message):
+            add(SMOOTHED, smoothing=tmp_path)
+    del report["abstained"]
+    (tmp_path / "smoothing.json").write_text(json.dumps(report))
+    with pytest.raises(InputError, match="lacks what deqshield writes"):
+        add(SMOOTHED, smoothing=tmp_path)

@@ -53,7 +53,7 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
         "smooth", help="randomized-smoothing l2 certificates of a run's model "
                        "(smoothing.json, smoothing.png)")
     parser.add_argument("run_dir", type=Path, metavar="RUN",
-                        help="run directory written by deqshield train")
+                        help="run directory written by deqshield train, or zoo:NAME")
     parser.add_argument("--sigma", type=float, required=True, help="noise level sigma")
     parser.add_argument("--n", type=int, default=10_000, help="estimation draws (10000)")
     parser.add_argument("--n0", type=int, default=100, help="selection draws (100)")
@@ -67,7 +67,8 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--checks", type=int, default=200,
                         help="draws also solved cold to bound the chain's error (200)")
     parser.add_argument("--readout", default="final", help="final, early:I or ensemble")
-    parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: the run directory; required for zoo:NAME)")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.set_defaults(run=_smooth)

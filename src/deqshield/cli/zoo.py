@@ -20,11 +20,13 @@ def _add(args: argparse.Namespace) -> int:
     check_options(args, ZOO_ADD)
     card = add_run(args.run_dir, args.name, config_file=args.config_file,
                    evaluation=args.evaluation, certification=args.certification,
+                   smoothing=args.smoothing,
                    wall_time=args.wall_time, machine=args.machine, notes=args.note,
                    evaluate_command=args.evaluate_command, data_dir=args.data_dir,
                    force=args.force)
     print(f"added {card.name} to {store.root()} (sha256 {card.sha256[:12]}...); "
-          "regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md")
+          "regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md, and the "
+          "README's zoo tables with: python -m deqshield.zoo.render --readme")
     return 0
 
 
@@ -60,6 +62,9 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
                      help="folder with the run's results.json (deqshield evaluate)")
     add.add_argument("--certification", type=Path,
                      help="folder with the run's certify.json (deqshield certify)")
+    add.add_argument("--smoothing", type=Path,
+                     help="folder with the run's smoothing.json (deqshield smooth), for a "
+                          "smoothed model named {dataset}-l2-{radius}-{base}smooth{100 sigma}")
     add.add_argument("--evaluate-command", default="",
                      help="the command that produced the evaluation (free text)")
     add.add_argument("--wall-time", type=float, help="training wall time in seconds")

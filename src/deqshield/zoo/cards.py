@@ -13,11 +13,22 @@ A name says dataset, threat model, radius and kind: ``mnist-linf-0.3-deq``,
 ``mnist-linf-0.1-cerdeq`` (``{dataset}-{linf|l2}-{eps}-{kind}``, lower case); it must agree
 with the card's ``dataset``, ``threat_model`` and ``eps`` (to three significant digits, so
 8/255 may be written 0.0314).
+
+A smoothed model (its card has a ``smoothing`` record, :mod:`deqshield.zoo.smoothed`) is named
+``{dataset}-l2-{radius}-{base}smooth{100 sigma}``, e.g. ``mnist-l2-0.5-deqsmooth25``: the DEQ
+smoothed with sigma = 0.25, whose headline ``certified_accuracy`` is the one at l2 radius 0.5.
+The threat model is L2; eps is one of the radii the record certified (so the name never claims
+a radius that was not certified); the kind is the base model's kind followed by ``smooth`` and
+sigma in hundredths (sigma must be a whole number of hundredths), and only a smoothed card has a
+kind of that form. Its ``clean_accuracy`` is the smoothed classifier's: the certified accuracy
+at radius 0, abstentions counted as errors; ``test_images`` is the record's, and the record's
+``command`` is the one that certifies it again (``deqshield smooth zoo:NAME ...``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -26,10 +37,14 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from deqshield.errors import CheckpointError, InputError
 from deqshield.settings import component, settings_dict
+from deqshield.zoo.smoothed import Fraction, SmoothingRecord, smoothing_command
 
 NAME_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+(?:-[a-z0-9]+)*)-(?P<threat>linf|l2)-"
                           r"(?P<eps>[0-9]+(?:\.[0-9]+)?(?:e-[0-9]+)?)-(?P<kind>[a-z0-9]+)$")
 """``{dataset}-{linf|l2}-{eps}-{kind}``."""
+
+SMOOTHED_KIND = re.compile(r"^(?P<base>[a-z0-9]+?)smooth(?P<sigma>[0-9]+)$")
+"""The kind of a smoothed model: ``{base}smooth{100 sigma}``."""
 
 def check_name(name: str) -> re.Match[str]:
     """The parts of a model name; :class:`InputError` unless it follows :data:`NAME_PATTERN`
@@ -39,9 +54,6 @@ def check_name(name: str) -> re.Match[str]:
         raise InputError(f"name {name!r} is not {{dataset}}-{{linf|l2}}-{{eps}}-{{kind}} "
                          "(lower case, e.g. mnist-linf-0.3-deq)")
     return match
-
-
-Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 @component
@@ -83,7 +95,9 @@ class Card:
     certification's clean and PGD accuracy and soundness check). ``solver`` and
     ``cell_evaluations_per_prediction`` (at most the solver's iteration cap) are None for an
     explicit network. ``slice_predictions``: the labels predicted for the first 64 images of the
-    package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice."""
+    package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice.
+    ``smoothing``: the randomized-smoothing certification of a smoothed model (see the module
+    docstring), None otherwise."""
 
     name: str
     dataset: str
@@ -112,6 +126,7 @@ class Card:
     notes: tuple[str, ...] = ()
     results: dict[str, Any] = Field(default_factory=dict)
     slice_predictions: Optional[tuple[int, ...]] = None
+    smoothing: Optional[SmoothingRecord] = None
 
     def __post_init__(self) -> None:
         match = check_name(self.name)
@@ -131,6 +146,40 @@ class Card:
         if self.slice_predictions is not None and not all(
                 0 <= label < self.num_classes for label in self.slice_predictions):
             raise ValueError(f"slice_predictions must be labels in [0, {self.num_classes})")
+        self._check_smoothing()
+
+    def _check_smoothing(self) -> None:
+        """A smoothed card agrees with its record and its name (see the module docstring)."""
+        kind = SMOOTHED_KIND.match(self.kind)
+        record = self.smoothing
+        if record is None:
+            if kind is not None:
+                raise ValueError(f"kind {self.kind!r} names a smoothed model, but the card "
+                                 "has no smoothing record")
+            return
+        sigma = record.settings.sigma
+        if kind is None or not math.isclose(100 * sigma, int(kind["sigma"]), abs_tol=1e-9):
+            raise ValueError(f"a smoothed model's kind is {{base}}smooth{{100 sigma}} "
+                             f"(sigma {sigma:g}: e.g. deqsmooth{round(100 * sigma)}), got "
+                             f"{self.kind!r}")
+        if self.threat_model != "L2":
+            raise ValueError("a smoothed model's threat model is L2")
+        headline = record.accuracy_at(self.eps)
+        if headline is None:
+            raise ValueError(f"eps {self.eps:g} is not a radius the smoothing record "
+                             f"certified ({', '.join(record.certified_accuracy)})")
+        expected = (record.accuracy_at(0), headline, record.test_images)
+        if (self.clean_accuracy, self.certified_accuracy, self.test_images) != expected:
+            raise ValueError("clean_accuracy, certified_accuracy and test_images must be the "
+                             "smoothing record's accuracy at radius 0, at eps and its "
+                             f"test_images: {expected}")
+        if (record.cell_evaluations_per_image is None) != (self.solver is None):
+            raise ValueError("cell_evaluations_per_image is recorded for a DEQ (a model with "
+                             "a solver) and only for one")
+        command = smoothing_command(self.name, record.settings, record.test_images,
+                                    record.seed)
+        if record.command != command:
+            raise ValueError(f"the smoothing command must be {command!r}")
 
     @property
     def kind(self) -> str:

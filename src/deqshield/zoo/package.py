@@ -11,7 +11,11 @@ run's ``config.yaml`` and a ``card.json`` filled from the run and its measuremen
 * from ``certify.json`` of ``deqshield certify``: ``accuracy.certified`` (and its clean and PGD
   accuracy, ``samples`` and ``certified_broken_by_pgd`` under ``results["certify"]``).
 
-At least one of the two is needed. The model folder is written in a staging folder and renamed
+* from ``smoothing.json`` of ``deqshield smooth``, for a smoothed model (l2 threat model,
+  named as :mod:`deqshield.zoo.cards` says): the smoothing record and the figures it fixes
+  (:mod:`deqshield.zoo.smoothing_figures`); a smoothed model's card records nothing else.
+
+At least one of them is needed. The model folder is written in a staging folder and renamed
 into place, so a failed packaging leaves no half-written model.
 """
 
@@ -36,19 +40,21 @@ from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
 from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
 from deqshield.zoo.slices import slice_predictions
+from deqshield.zoo.smoothing_figures import smoothing_figures
 
 APGD_PREFIX = "APGD"
 
 
 def add_run(run_dir: RunPath, name: str, *, config_file: str,
             evaluation: Optional[Path] = None, certification: Optional[Path] = None,
-            wall_time: Optional[float] = None, machine: str = "",
-            notes: Sequence[str] = (), evaluate_command: str = "",
+            smoothing: Optional[Path] = None, wall_time: Optional[float] = None,
+            machine: str = "", notes: Sequence[str] = (), evaluate_command: str = "",
             data_dir: Optional[str] = None, force: bool = False) -> Card:
     """Package the run in ``run_dir`` as zoo model ``name`` (see the module docstring) and
     return its card. ``config_file`` names the shipped config (``src/deqshield/configs/``)
-    the retrain command uses; ``data_dir`` overrides the run's data root (the model is built
-    for the shape of its test data). An existing model is replaced only with ``force``."""
+    the retrain command uses; ``evaluation``, ``certification`` and ``smoothing`` are the
+    folders holding the measurements (see the module docstring); ``data_dir`` overrides the
+    run's data root (the model is built for the shape of its test data). An existing model is replaced only with ``force``."""
     check_name(name)
     target = store.root() / name
     if target.exists() and not force:
@@ -58,20 +64,28 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
             files("deqshield") / "configs" / config_file).is_file():
         raise InputError(f"--config-file {config_file} is not a shipped config in "
                          "src/deqshield/configs/")
-    if evaluation is None and certification is None:
+    if evaluation is None and certification is None and smoothing is None:
         raise InputError("give the run's measurements: --evaluation DIR (results.json) "
-                         "and/or --certification DIR (certify.json)")
+                         "and/or --certification DIR (certify.json), or --smoothing DIR "
+                         "(smoothing.json)")
+    if smoothing is not None and (evaluation is not None or certification is not None):
+        raise InputError("a smoothed model's card records its --smoothing certification "
+                         "only, not --evaluation or --certification")
     figures: dict[str, Any] = {"results": {}, "attack_budgets": {}}
     for folder, file, read in ((evaluation, "results.json", evaluation_figures),
                                (certification, "certify.json", certification_figures)):
         if folder is not None:
             figures = _merge(figures, _figures(Path(folder) / file, read))
     run = load_run(run_dir, data_dir=data_dir)
+    if smoothing is not None:
+        figures = _figures(Path(smoothing) / "smoothing.json",
+                           lambda results: smoothing_figures(results, name, run, run_dir))
     config, model = run.config, run.model
     solver = getattr(config.model, "solver", None)
     weights = safetensors.torch.save(tensor_copies(model))
     card = Card(
-        name=name, dataset=config.data.name, threat_model="Linf",
+        name=name, dataset=config.data.name,
+        threat_model="L2" if smoothing is not None else "Linf",
         input_shape=run.test.input_shape, num_classes=run.test.num_classes,
         architecture=Architecture(model=config.model.name, description=describe(config)),
         parameters=sum(p.numel() for p in model.parameters()),
