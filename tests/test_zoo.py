@@ -27,7 +27,9 @@ from deqshield.training.run import train
 from deqshield.zoo import slices, store
 from deqshield.zoo.cards import card_json, read_card
 from deqshield.zoo.package import add_run
-from deqshield.zoo.render import render
+from deqshield.zoo.render import (README_BEGIN, README_END, readme_section, render,
+                                  split_readme)
+from deqshield.zoo.render import main as main_render
 from deqshield.zoo.smoothed import largest_radius
 
 DEQ = "digits-linf-0.1-deq"
@@ -270,6 +272,30 @@ def test_docs_zoo_is_current(monkeypatch):
     docs = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
     assert docs.read_text() == render(), \
         "regenerate: python -m deqshield.zoo.render > docs/zoo.md"
+
+
+def test_readme_zoo_tables_are_current(monkeypatch):
+    monkeypatch.delenv(store.ENVIRONMENT, raising=False)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert split_readme(readme)[1] == readme_section(), \
+        "regenerate: python -m deqshield.zoo.render --readme"
+    for name in zoo.names():
+        assert f"`{name}`" in readme_section()
+
+
+def test_readme_section_is_rewritten_between_its_markers(in_zoo, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold table\n{README_END}\noutro\n")
+    main_render(["--readme", str(readme)])
+    assert readme.read_text() == (f"intro\n{README_BEGIN}\n{readme_section()}{README_END}\n"
+                                  "outro\n")
+    card = zoo.card(CERDEQ)
+    assert f"{100 * card.certified_accuracy:.1f}% certified" in readme_section()
+    assert card.retrain_command in readme_section()
+    for text in ("no markers\n", f"{README_END}\n{README_BEGIN}\n",
+                 f"{README_BEGIN}\n{README_BEGIN}\n{README_END}\n"):
+        with pytest.raises(InputError, match="needs the lines"):
+            split_readme(text)
 
 
 def test_mnist_slice_is_the_start_of_the_official_test_set(monkeypatch):
