@@ -12,7 +12,8 @@ from deqshield.smoothing.sampling import Smoothing
 
 
 def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] = None,
-               limit: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None) -> dict[str, Any]:
+               limit: Optional[int] = None, seed: int = 0,
+               data_dir: Optional[str] = None) -> dict[str, Any]:
     """Certify the run's model (best checkpoint, eval mode) on the first ``limit`` test
     examples; write ``smoothing.json`` and ``smoothing.png`` into ``out`` (default: the run
     directory; required for ``zoo:NAME``) and return the JSON content."""

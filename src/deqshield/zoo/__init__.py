@@ -7,8 +7,9 @@ and evaluated (RobustBench's ``load_model`` habit)::
     zoo.card("mnist-linf-0.3-deq").worst_case_accuracy
 
 On the command line ``zoo:NAME`` stands for a run directory (``deqshield evaluate
-zoo:NAME --out DIR``); ``deqshield zoo add RUN --name NAME`` packages a finished run, ``zoo list``
-and ``zoo show NAME`` read the cards. The zoo folder is the package's ``zoo/models/`` unless the
+zoo:NAME --out DIR``); ``deqshield zoo add RUN --name NAME`` packages a finished run (with its
+evaluation, certification or randomized-smoothing certificate), ``zoo list`` and ``zoo show
+NAME`` read the cards. The zoo folder is the package's ``zoo/models/`` unless the
 environment variable ``DEQSHIELD_ZOO`` names another (see :mod:`deqshield.zoo.store`).
 """
 

@@ -54,7 +54,8 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     return its card. ``config_file`` names the shipped config (``src/deqshield/configs/``)
     the retrain command uses; ``evaluation``, ``certification`` and ``smoothing`` are the
     folders holding the measurements (see the module docstring); ``data_dir`` overrides the
-    run's data root (the model is built for the shape of its test data). An existing model is replaced only with ``force``."""
+    run's data root (the model is built for the shape of its test data). An existing model
+    is replaced only with ``force``."""
     check_name(name)
     target = store.root() / name
     if target.exists() and not force:

@@ -37,9 +37,10 @@ SMOOTHED_HEADER = """
 
 Randomized smoothing (`deqshield smooth`, Cohen et al. 2019) of a base model trained with
 Gaussian noise; named `{dataset}-l2-{radius}-{base}smooth{100 sigma}`, where the radius is that
-of the card's headline certified accuracy (`deqshield zoo list`). Certified accuracy in % at each l2 radius r on the
-first "test images" (abstentions count as errors; r = 0 is the smoothed classifier's accuracy);
-"-" where n draws at failure probability alpha cannot certify r (above sigma Phi^-1(alpha^(1/n))).
+of the card's headline certified accuracy (`deqshield zoo list`). Certified accuracy in % at
+each l2 radius r on the first "test images" (abstentions count as errors; r = 0 is the smoothed
+classifier's accuracy); "-" where n draws at failure probability alpha cannot certify r (above
+sigma Phi^-1(alpha^(1/n))).
 
 """
 
