@@ -212,7 +212,7 @@ def test_case07_out_is_an_existing_file(run, tmp_path):
 def test_case14_earlier_results_need_force(run, tmp_path):
     (tmp_path / "results.json").write_text("{}")
     refused("evaluate", run, "--eps", "0.1", "--out", tmp_path, unchanged=tmp_path,
-            says=("is not empty", "--force"))
+            says=("already holds", "--force"))
 
 
 # -- 8, 9, 15: train ------------------------------------------------------------------------
@@ -408,6 +408,13 @@ def test_property_evaluate_refuses_every_invalid_number(run, option_value):
 def test_property_certify_refuses_every_invalid_number(run, option_value):
     option, value = option_value
     assert_refused_quietly(["certify", run, f"{option}={value}"], run)
+
+
+@settings(max_examples=25, deadline=None)
+@given(option_values(cli_args.SMOOTH))
+def test_property_smooth_refuses_every_invalid_number(run, option_value):
+    option, value = option_value
+    assert_refused_quietly(["smooth", run, "--sigma", "0.25", f"{option}={value}"], run)
 
 
 CONFIG_KEYS = {

@@ -94,6 +94,12 @@ def test_certify_command(trained_run, tmp_path):
     assert main(["certify", str(trained_run), "--out", str(tmp_path), "--limit", "32",
                  "--eps", str(EPS_CERTIFY), "--pgd-steps", "2"]) == 0
     assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 32
+    again = ["certify", str(trained_run), "--out", str(tmp_path), "--limit", "16",
+             "--eps", str(EPS_CERTIFY), "--pgd-steps", "2", "--quiet"]
+    assert main(again) == 2, "certify.json is there: overwriting it needs --force"
+    assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 32
+    assert main([*again, "--force"]) == 0
+    assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 16
 
 
 def test_certified_objective_follows_the_eps_schedule():

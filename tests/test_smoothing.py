@@ -284,6 +284,15 @@ def test_smooth_command_writes_json_and_plot(noise_run, tmp_path):
     common = ["--sigma", "0.25", "--n", "200", "--n0", "20", "--batch", "100", "--limit", "3",
               "--alpha", "0.01", "--seed", "7"]
     assert main(["smooth", str(noise_run), *common, "--out", str(tmp_path / "plain")]) == 0
+    first = (tmp_path / "plain" / "smoothing.json").read_bytes()
+    # no overwritten work: a second run into the same folder needs --force
+    assert main(["smooth", str(noise_run), *common, "--quiet", "--sigma", "0.5",
+                 "--out", str(tmp_path / "plain")]) == 2
+    assert (tmp_path / "plain" / "smoothing.json").read_bytes() == first
+    assert main(["smooth", str(noise_run), *common, "--quiet", "--force",
+                 "--out", str(tmp_path / "plain")]) == 0
+    rerun = json.loads((tmp_path / "plain" / "smoothing.json").read_text())
+    assert rerun["records"] == json.loads(first)["records"], "same seed, same certificates"
     assert main(["smooth", str(noise_run), *common, "--serialized", "--warm-steps", "2",
                  "--checks", "50", "--out", str(tmp_path / "srs")]) == 0
     plain = json.loads((tmp_path / "plain" / "smoothing.json").read_text())

@@ -255,7 +255,7 @@ def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run,
     assert ours["accuracy"] == theirs["accuracy"] and ours["step"] == theirs["step"]
     assert main(["certify", f"zoo:{CERDEQ}"]) == 2
     assert "pass --out" in capsys.readouterr().err
-    assert main(["certify", f"zoo:{DEQ}", "--out", str(tmp_path), "--eps", "0.1"]) == 2
+    assert main(["certify", f"zoo:{DEQ}", "--out", str(tmp_path / "deq"), "--eps", "0.1"]) == 2
     assert "not certifiable" in capsys.readouterr().err
 
 

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from deqshield.attacks.pgd import PGD
 from deqshield.certify import (CNN7, CerDEQ, CertifiableClassifier, Interval, certify,
@@ -43,16 +44,20 @@ from deqshield.io.runs import RunPath, load_run, output_dir, run_config
 from deqshield.training.objectives import Certified
 from deqshield.validation import INPUT_RANGE, check_eps, check_number
 
+WRITES = ("certify.json", "certify.md", "bound_growth.png")
+"""The files ``deqshield certify`` writes into its output folder."""
+
 
 def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
                 limit: Optional[int] = None, eps: Optional[float] = None, pgd_steps: int = 20,
                 pgd_restarts: int = 3,
                 batch_size: int = 256, data_dir: Optional[str] = None,
-                curve_samples: int = 64, curve_iterations: int = 30, seed: int = 0
-                ) -> dict[str, Any]:
-    """Evaluate the run in ``run_dir`` (or ``zoo:NAME``) and write ``certify.json``,
-    ``certify.md`` and ``bound_growth.png`` into ``out`` (default: ``run_dir``); returns the
-    JSON content. ``eps`` defaults to the certified objective's target."""
+                curve_samples: int = 64, curve_iterations: int = 30, seed: int = 0,
+                progress: bool = False) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` (or ``zoo:NAME``) and write :data:`WRITES`
+    (``certify.json``, ``certify.md``, ``bound_growth.png``) into ``out`` (default:
+    ``run_dir``); returns the JSON content. ``eps`` defaults to the certified objective's
+    target; ``progress`` shows a progress bar over the samples."""
     out_dir = output_dir(run_dir, out)
     config = run_config(run_dir)
     objective = config.train.objective
@@ -72,7 +77,8 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
         raise InputError(f"model {config.model.name!r} is not certifiable (cerdeq, cnn7)")
     attack = PGD(eps=eps, step_size=2.5 * eps / max(pgd_steps, 1), steps=pgd_steps,
                  restarts=pgd_restarts, bounds=clip or (0.0, 1.0))
-    counts, samples = evaluate_certified(model, data, eps, clip, attack, batch_size, seed)
+    counts, samples = evaluate_certified(model, data, eps, clip, attack, batch_size, seed,
+                                         progress)
     n = counts.pop("samples")
     accuracy = {key: counts[key] / max(n, 1) for key in ("clean", "pgd", "certified")}
     results: dict[str, Any] = {
@@ -93,16 +99,18 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
         "per_sample": samples,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    replace_atomically(out_dir / "certify.json", json.dumps(results, indent=2) + "\n")
-    replace_atomically(out_dir / "certify.md", markdown_report(results))
-    plot_bound_growth(results["bound_growth"], out_dir / "bound_growth.png",
+    json_file, markdown_file, plot_file = WRITES
+    replace_atomically(out_dir / json_file, json.dumps(results, indent=2) + "\n")
+    replace_atomically(out_dir / markdown_file, markdown_report(results))
+    plot_bound_growth(results["bound_growth"], out_dir / plot_file,
                       f"{config.model.name}, eps = {eps:g}")
     return results
 
 
 def evaluate_certified(model: CertifiableClassifier, data: ArrayDataset, eps: float,
                        clip: Optional[tuple[float, float]], attack: PGD, batch_size: int,
-                       seed: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+                       seed: int, progress: bool = False
+                       ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Counts over ``data`` (samples, clean / PGD / certified correct, clean abstentions, and
     certified samples whose PGD example gets another, non-abstained, label) and the per-sample
     records (clean, pgd, certified, the certified margin min_j (logit_y - logit_j) lower
@@ -110,6 +118,7 @@ def evaluate_certified(model: CertifiableClassifier, data: ArrayDataset, eps: fl
     generator = torch.Generator().manual_seed(seed)
     counts = dict.fromkeys(("samples", "clean", "pgd", "certified", "abstained", "broken"), 0)
     samples: list[dict[str, Any]] = []
+    bar = tqdm(total=len(data), desc="certify", unit="sample", disable=not progress)
     for start in range(0, len(data), batch_size):
         x = data.images[start:start + batch_size]
         y = data.labels[start:start + batch_size]
@@ -131,6 +140,8 @@ def evaluate_certified(model: CertifiableClassifier, data: ArrayDataset, eps: fl
         samples += [{"index": start + i, "label": int(y[i]), "clean": bool(clean[i] == y[i]),
                      "pgd": bool(adversarial[i] == y[i]), "certified": bool(certified[i]),
                      "certified_margin": float(margin[i])} for i in range(len(y))]
+        bar.update(len(y))
+    bar.close()
     return counts, samples
 
 

@@ -1,7 +1,7 @@
 """Checks of command-line arguments, run before anything is loaded.
 
 Each command lists its numeric options with the rule they follow (:data:`EVALUATE`,
-:data:`CERTIFY`, :data:`ZOO_ADD`); :func:`check_options` applies the rules from
+:data:`CERTIFY`, :data:`SMOOTH`, :data:`ZOO_ADD`); :func:`check_options` applies the rules from
 :mod:`deqshield.validation` and names the option in the error. :func:`prepare_output_dir`
 makes sure an output folder can be written and holds nothing that would be overwritten
 unasked.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +42,10 @@ CERTIFY: Mapping[str, Rule] = {
     "batch_size": positive, "seed": non_negative,
 }
 
+SMOOTH: Mapping[str, Rule] = {
+    "n": positive, "n0": positive, "batch": positive, "limit": positive, "warm_steps": positive,
+    "checks": positive, "seed": non_negative,
+}
 ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number}
 
 
@@ -53,18 +57,23 @@ def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:
             rule(f"--{dest.replace('_', '-')}", value)
 
 
-def prepare_output_dir(path: Path, option: str, *, force: bool | None = None) -> Path:
+def prepare_output_dir(path: Path, option: str, *, force: bool | None = None,
+                       writes: Sequence[str] = ()) -> Path:
     """Create the output folder ``path`` and check that it can be written.
 
     With ``force`` not None, a folder that already holds files is refused unless ``force`` is
-    true (nothing is overwritten without being asked). Raises :class:`OutputError`."""
+    true (nothing is overwritten without being asked); with ``writes`` (the file names the
+    command writes, for commands whose default folder is the run directory) only a folder
+    holding one of those files is refused. Raises :class:`OutputError`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder; choose a folder")
-    if force is False and path.is_dir() and any(path.iterdir()):
-        names = sorted(entry.name for entry in path.iterdir())
+    names = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    if writes:
+        names = [name for name in names if name in writes]
+    if force is False and names:
         held = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise OutputError(f"{option} {path} is not empty (it holds {held}); pass --force to "
+        raise OutputError(f"{option} {path} already holds {held}; pass --force to "
                           "overwrite it, or choose another folder")
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from deqshield.certify.run import certify_run
+from deqshield.certify.run import WRITES, certify_run
 from deqshield.cli.args import CERTIFY, check_options, prepare_output_dir
 from deqshield.io.runs import output_dir, run_config
 
@@ -14,11 +14,12 @@ from deqshield.io.runs import output_dir, run_config
 def _certify(args: argparse.Namespace) -> int:
     check_options(args, CERTIFY)
     run_config(args.run_dir)
-    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out")
+    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out", force=args.force,
+                             writes=WRITES)
     results = certify_run(args.run_dir, out=out, limit=args.limit, eps=args.eps,
                           pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                           batch_size=args.batch_size,
-                          data_dir=args.data_dir, seed=args.seed)
+                          data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
     accuracy = results["accuracy"]
     print(f"clean {100 * accuracy['clean']:.2f}%  PGD {100 * accuracy['pgd']:.2f}%  "
           f"certified {100 * accuracy['certified']:.2f}% at eps {results['eps']:g}; report in "
@@ -35,6 +36,9 @@ def add_certify_command(subparsers: Any) -> argparse.ArgumentParser:
                         help="run directory written by deqshield train, or zoo:NAME")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: the run directory; required for zoo:NAME)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite certify.json / certify.md / bound_growth.png already "
+                             "in the folder")
     parser.add_argument("--limit", type=int, help="first N test examples (default: all)")
     parser.add_argument("--eps", type=float, help="l_inf radius (default: the run's eps)")
     parser.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default 20)")
@@ -43,5 +47,6 @@ def add_certify_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
     parser.add_argument("--seed", type=int, default=0, help="PGD random-start seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_certify)
     return parser

@@ -8,8 +8,11 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
+from deqshield.cli.args import SMOOTH, check_options, prepare_output_dir
 from deqshield.errors import InputError
+from deqshield.io.runs import output_dir, run_config
 from deqshield.readouts import Early, Ensemble, Final
+from deqshield.smoothing.report import WRITES
 from deqshield.smoothing.sampling import Serialized, Smoothing
 
 
@@ -28,6 +31,7 @@ def parse_readout(text: str) -> Final | Early | Ensemble:
 def _smooth(args: argparse.Namespace) -> int:
     from deqshield.smoothing.run import smooth_run
 
+    check_options(args, SMOOTH)
     try:
         serialized: Optional[Serialized] = (
             Serialized(steps=args.warm_steps, checks=args.checks) if args.serialized else None)
@@ -36,14 +40,17 @@ def _smooth(args: argparse.Namespace) -> int:
                              serialized=serialized)
     except ValidationError as error:
         raise InputError(f"invalid smoothing settings: {error}") from None
-    results = smooth_run(args.run_dir, settings, out=args.out, limit=args.limit,
-                         seed=args.seed, data_dir=args.data_dir)
+    run_config(args.run_dir)
+    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out", force=args.force,
+                             writes=WRITES)
+    results = smooth_run(args.run_dir, settings, out=out, limit=args.limit, seed=args.seed,
+                         data_dir=args.data_dir, progress=not args.quiet)
     accuracy = results["certified_accuracy"]
     cells = results["mean_cell_evaluations"]
     print("certified accuracy " + "  ".join(f"r={r}: {100 * a:.1f}%"
                                             for r, a in accuracy.items())
           + (f"; {cells:.0f} cell evaluations per image" if cells is not None else "")
-          + f"; report in {args.out or args.run_dir}")
+          + f"; report in {out}")
     return 0
 
 
@@ -69,7 +76,10 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--readout", default="final", help="final, early:I or ensemble")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: the run directory; required for zoo:NAME)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite smoothing.json / smoothing.png already in the folder")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_smooth)
     return parser

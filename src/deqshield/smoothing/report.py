@@ -15,7 +15,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from deqshield.io.atomic import replace_atomically
 from deqshield.settings import settings_dict
 from deqshield.smoothing.sampling import Smoothing
 from deqshield.smoothing.smoothed import certify
@@ -23,13 +25,18 @@ from deqshield.smoothing.smoothed import certify
 REPORTED_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
+WRITES = ("smoothing.json", "smoothing.png")
+"""The files ``deqshield smooth`` writes into its output folder."""
+
+
 def certify_samples(model: nn.Module, images: Tensor, labels: Tensor, settings: Smoothing,
-                    seed: int = 0) -> list[dict[str, Any]]:
+                    seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     """CERTIFY each image (one noise generator seeded with ``seed`` for the whole set); one
-    record per sample with the answer, radius, bound, counts and cell evaluations."""
+    record per sample with the answer, radius, bound, counts and cell evaluations. With
+    ``progress``, a progress bar over the images (with its ETA)."""
     generator = torch.Generator().manual_seed(seed)
     records = []
-    for index in range(images.shape[0]):
+    for index in tqdm(range(images.shape[0]), desc="smooth", unit="image", disable=not progress):
         certificate = certify(model, images[index:index + 1], settings, generator)
         label = int(labels[index])
         records.append({"index": index, "label": label, "prediction": certificate.prediction,
@@ -88,8 +95,8 @@ def plot_curve(results: dict[str, Any], path: Path, title: str) -> None:
 
 def write_report(results: dict[str, Any], out_dir: Path,
                  title: Optional[str] = None) -> None:
-    """``smoothing.json`` and ``smoothing.png`` in ``out_dir``."""
+    """:data:`WRITES` in ``out_dir``: the JSON (written first, atomically), then the plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "smoothing.json").write_text(json.dumps(results, indent=2) + "\n")
+    replace_atomically(out_dir / WRITES[0], json.dumps(results, indent=2) + "\n")
     sigma = results["settings"]["sigma"]
-    plot_curve(results, out_dir / "smoothing.png", title or f"sigma = {sigma:g}")
+    plot_curve(results, out_dir / WRITES[1], title or f"sigma = {sigma:g}")
