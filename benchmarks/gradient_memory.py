@@ -36,14 +36,13 @@ import ctypes
 import ctypes.util
 import gc
 import statistics
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from results_io import write_results
+from results_io import report, run_config, save_figure
 
 from deqshield.gradients import Backprop, Implicit, Phantom
 from deqshield.models.base import DEQClassifier
@@ -191,9 +190,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("peak memory of a training step (MiB)")
     ax.set_title(f"ConvDEQSettings(32), batch {cfg['batch']}, {cfg['solver']}, {cfg['device']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -226,17 +223,13 @@ def main() -> None:
     peaks = measure_grid(model, x, y, args.modes, args.iters, args.solver, meter,
                          args.repeats)
     summary = {
-        "config": {"torch": torch.__version__, "device": str(device), "batch": args.batch,
-                   "iters": args.iters, "modes": args.modes, "solver": args.solver,
-                   "repeats": args.repeats,
-                   "meter": meter.name, "calibration_mib": calibration,
-                   "threads": torch.get_num_threads(), "command": " ".join(sys.argv)},
+        "config": run_config(device, batch=args.batch, iters=args.iters, modes=args.modes,
+                             solver=args.solver, repeats=args.repeats, meter=meter.name,
+                             calibration_mib=calibration),
         "peaks_mib": {mode: {str(n): v for n, v in by_n.items()} for mode, by_n in peaks.items()},
         "verdicts": verdicts(peaks),
     }
-    print_report(summary)
-    if args.out:
-        write_results(args.out, "gradient_memory", summary, lambda path: plot(summary, path))
+    report(summary, print_report, args.out, "gradient_memory", plot)
 
 
 if __name__ == "__main__":

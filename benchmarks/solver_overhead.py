@@ -41,14 +41,13 @@ import argparse
 import ctypes
 import ctypes.util
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from results_io import write_results
+from results_io import report, run_config, save_figure
 from torch import Tensor
 
 from deqshield.models.conv_deq import ConvCell
@@ -329,9 +328,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_title(f"ConvCell(32) batch {cfg['batch']}, N = {cfg['iters']}, "
                  f"{cfg['threads']} threads ({cfg['device']}{heap})")
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -377,19 +374,15 @@ def main() -> None:
         cases = build_cases(f, cell.initial_state(u), args.iters)
         measure(cases, f, args.repeats, args.warmup, device)
     summary = {
-        "config": {"torch": torch.__version__, "device": str(device),
-                   "threads": torch.get_num_threads(), "batch": args.batch,
-                   "state": list(u.shape[1:]), "iters": args.iters, "repeats": args.repeats,
-                   "warmup": args.warmup, "init_scale": args.init_scale, "seed": args.seed,
-                   "resident_heap": args.resident_heap,
-                   "command": " ".join(sys.argv)},
+        "config": run_config(device, batch=args.batch, state=list(u.shape[1:]),
+                             iters=args.iters, repeats=args.repeats, warmup=args.warmup,
+                             init_scale=args.init_scale, seed=args.seed,
+                             resident_heap=args.resident_heap),
         "cases": [case_row(c, cases[0], args.iters) for c in cases],
         "targets": verdicts(cases),
         "torchdeq": torchdeq_comparison(cases),
     }
-    print_report(summary)
-    if args.out:
-        write_results(args.out, "solver_overhead", summary, lambda path: plot(summary, path))
+    report(summary, print_report, args.out, "solver_overhead", plot)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ into ``deqshield.zoo.slices.SLICES`` and the data folder's README)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import safetensors.torch
@@ -31,4 +31,8 @@ def main(dataset: str, data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split(" Usage:")[0])
+    parser.add_argument("dataset", choices=sorted(LOADERS))
+    parser.add_argument("data_dir", help="folder with the official test set files")
+    args = parser.parse_args()
+    main(args.dataset, args.data_dir)
