@@ -12,7 +12,7 @@ from deqshield import zoo
 from deqshield.attacks import PGD, AttackResult, AutoAttackBridge
 from deqshield.certify import CerDEQSettings, CNN7Settings, certify
 from deqshield.certify.run import certify_run
-from deqshield.convergence import ConvergencePolicy, convergence_policy
+from deqshield.convergence import ConvergencePolicy, convergence_policy, set_convergence_policy
 from deqshield.data import ArrayDataset, load_dataset
 from deqshield.errors import (CheckpointError, ConfigError, DataError, DEQShieldError, InputError,
                               NonConvergenceWarning, NotConvergedError)
@@ -43,6 +43,7 @@ __all__ = [
     "ConvDEQSettings", "DenseDEQSettings", "MDEQSettings", "MDEQ_LARGE", "MDEQ_XL",
     "SmallCNNSettings", "ResNet18Settings", "DEQClassifier",
     "Picard", "Anderson", "Broyden", "Trajectory", "ConvergencePolicy", "convergence_policy",
+    "set_convergence_policy",
     # readouts (defenses), training-gradient modes and attack gradient paths
     "Final", "Early", "Ensemble", "EntropyReduction",
     "Implicit", "Phantom", "Backprop",
