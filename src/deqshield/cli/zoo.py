@@ -46,6 +46,15 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+RESULT_FOLDERS = {
+    "evaluation": "results.json (deqshield evaluate)",
+    "certification": "certify.json (deqshield certify)",
+    "smoothing": "smoothing.json (deqshield smooth), for a smoothed model named "
+                 "{dataset}-l2-{radius}-{base}smooth{100 sigma}",
+}
+"""The ``zoo add`` options naming a folder of results, and what each folder holds."""
+
+
 def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``zoo`` command (``add``, ``list``, ``show``) to ``subparsers``."""
     parser = subparsers.add_parser(
@@ -58,13 +67,9 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--config-file", required=True,
                      help="the shipped config the run was trained with (a file name in "
                           "src/deqshield/configs/), for the retrain command")
-    add.add_argument("--evaluation", type=Path,
-                     help="folder with the run's results.json (deqshield evaluate)")
-    add.add_argument("--certification", type=Path,
-                     help="folder with the run's certify.json (deqshield certify)")
-    add.add_argument("--smoothing", type=Path,
-                     help="folder with the run's smoothing.json (deqshield smooth), for a "
-                          "smoothed model named {dataset}-l2-{radius}-{base}smooth{100 sigma}")
+    for option, made_by in RESULT_FOLDERS.items():
+        add.add_argument(f"--{option}", type=Path,
+                         help=f"folder with the run's {made_by}")
     add.add_argument("--evaluate-command", default="",
                      help="the command that produced the evaluation (free text)")
     add.add_argument("--wall-time", type=float, help="training wall time in seconds")
