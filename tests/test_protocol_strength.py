@@ -3,6 +3,8 @@ screening, early exit with attribution, and an independent attacker that must no
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -12,10 +14,11 @@ from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
 from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
-from deqshield.evaluate.screening import screen_attacks
+from deqshield.evaluate.screening import screen_attacks, strongest_paths
 from deqshield.evaluate.specs import Screening
 from deqshield.evaluate.standard import full_unroll, redundant_early, standard_protocol
 from deqshield.evaluate.verdicts import BROKEN
+from deqshield.paths import UnrolledIntermediate
 from deqshield.readouts import Final
 from deqshield.solvers import Anderson, Picard
 
@@ -112,6 +115,17 @@ def test_screening_keeps_the_only_path_that_works():
     assert results["aggregate"]["worst_case"]["robust_accuracy"] == 0.0
     verdicts = [entry["final"]["verdicts"] for entry in results["per_sample"]["samples"]]
     assert verdicts == ["011"] * 2 + ["0.."] * 4
+
+
+def test_the_expensive_attacks_follow_distinct_paths():
+    attack = PGD(eps=0.2, steps=2)
+    unroll, shallow = UnrolledIntermediate(index=0, steps=8), UnrolledIntermediate(index=1, steps=1)
+    ranked = [AttackSpec(attack=attack, path=unroll, label="unroll ce"),
+              AttackSpec(attack=dataclasses.replace(attack, loss="margin"), path=unroll,
+                         label="unroll margin"),
+              AttackSpec(attack=attack, path=shallow, label="shallow")]
+    assert [spec.title for spec in strongest_paths(ranked, 2)] == ["unroll ce", "shallow"]
+    assert [spec.title for spec in strongest_paths(ranked, 1)] == ["unroll ce"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ breaks ties). The full run then uses
 * the ``keep`` strongest cheap columns, strongest first (with early exit, the later and weaker
   attacks only see what the stronger ones left);
 * each *expensive* gradient attack of the protocol (APGD-CE/T) fed each of the ``follow``
-  strongest paths (instead of the paths the protocol listed);
+  strongest distinct gradient paths (instead of the paths the protocol listed);
 * the gradient-free attacks (Square) as listed.
 
 Nothing ranked weak is dropped silently: its screening verdicts join the table as columns
@@ -70,11 +70,21 @@ def screen_attacks(screening: Screening, model: Classifier, data: Dataset,
     expensive = dict.fromkeys(spec.attack for spec in specs
                               if not spec.attack.cheap and not spec.gradient_free)
     followers = [AttackSpec(attack=attack, path=top.path, label=f"{attack.label} ({top.title})")
-                 for attack in expensive for top in ranked[:screening.follow]]
+                 for attack in expensive for top in strongest_paths(ranked, screening.follow)]
     gradient_free = [spec for spec in specs if spec.gradient_free]
     return ScreeningOutcome(ranked[:screening.keep] + followers + gradient_free,
                             ranked[screening.keep:], table,
                             {spec.title: strength[spec.title] for spec in ranked})
+
+
+def strongest_paths(ranked: Sequence[AttackSpec], count: int) -> list[AttackSpec]:
+    """The strongest column of each of the ``count`` strongest distinct gradient paths in
+    ``ranked`` (strongest first): two columns on one path (e.g. two losses through the full
+    unroll) would feed the expensive attacks the same gradient twice."""
+    first: dict[Any, AttackSpec] = {}
+    for spec in ranked:
+        first.setdefault(spec.path, spec)
+    return list(first.values())[:count]
 
 
 def with_screened(table: VerdictTable, outcome: ScreeningOutcome) -> list[AttackSpec]:
