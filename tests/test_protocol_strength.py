@@ -16,7 +16,8 @@ from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
 from deqshield.evaluate.screening import screen_attacks, strongest_paths
 from deqshield.evaluate.specs import Screening
-from deqshield.evaluate.standard import full_unroll, redundant_early, standard_protocol
+from deqshield.evaluate.standard import (full_unroll, redundant_early, standard_attacks,
+                                        standard_protocol)
 from deqshield.evaluate.verdicts import BROKEN
 from deqshield.paths import UnrolledIntermediate
 from deqshield.readouts import Final
@@ -115,6 +116,27 @@ def test_screening_keeps_the_only_path_that_works():
     assert results["aggregate"]["worst_case"]["robust_accuracy"] == 0.0
     verdicts = [entry["final"]["verdicts"] for entry in results["per_sample"]["samples"]]
     assert verdicts == ["011"] * 2 + ["0.."] * 4
+
+
+def test_screening_never_leaves_out_an_exact_column():
+    model = MeanBand(0.62, 2.0)  # only pushing up breaks; the exact column below breaks nothing
+    x, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    attack = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
+    specs = [AttackSpec(attack=attack, path=Push(1.0), label="push +1"),
+             AttackSpec(attack=attack, path=Push(-1.0), label="push -1"),
+             AttackSpec(attack=attack, path=Push(0.0), label="exact", exact=True)]
+    outcome = screen_attacks(Screening(samples=2, keep=1, follow=1), model,
+                             TensorDataset(x, y), [Final()], specs)
+    assert [spec.title for spec in outcome.order] == ["push +1", "exact"]
+    assert [spec.title for spec in outcome.dropped] == ["push -1"]
+
+
+def test_the_standard_set_has_the_exact_path_of_every_readout():
+    model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=6, tol=1e-3)).build((1, 8, 8), 10)
+    exact = {(spec.path, spec.attack.loss) for spec in standard_attacks(model, early_index=2)
+             if spec.exact}
+    final, early = UnrolledIntermediate(index=0, steps=6), UnrolledIntermediate(index=0, steps=2)
+    assert exact == {(final, "ce"), (final, "margin"), (early, "ce"), (early, "margin")}
 
 
 def test_the_expensive_attacks_follow_distinct_paths():

@@ -9,7 +9,8 @@ columns by the number of (defense, sample) pairs they break (stable: the protoco
 breaks ties). The full run then uses
 
 * the ``keep`` strongest cheap columns, strongest first (with early exit, the later and weaker
-  attacks only see what the stronger ones left);
+  attacks only see what the stronger ones left), then every exact column (a defense's own
+  gradient, ``AttackSpec.exact``) not among them;
 * each *expensive* gradient attack of the protocol (APGD-CE/T) fed each of the ``follow``
   strongest distinct gradient paths (instead of the paths the protocol listed);
 * the gradient-free attacks (Square) as listed.
@@ -72,8 +73,9 @@ def screen_attacks(screening: Screening, model: Classifier, data: Dataset,
     followers = [AttackSpec(attack=attack, path=top.path, label=f"{attack.label} ({top.title})")
                  for attack in expensive for top in strongest_paths(ranked, screening.follow)]
     gradient_free = [spec for spec in specs if spec.gradient_free]
-    return ScreeningOutcome(ranked[:screening.keep] + followers + gradient_free,
-                            ranked[screening.keep:], table,
+    kept = ranked[:screening.keep] + [spec for spec in ranked[screening.keep:] if spec.exact]
+    dropped = [spec for spec in ranked if spec not in kept]
+    return ScreeningOutcome(kept + followers + gradient_free, dropped, table,
                             {spec.title: strength[spec.title] for spec in ranked})
 
 

@@ -45,11 +45,14 @@ class AttackSpec:
     """One column of the evaluation: an attack run with a gradient path.
 
     ``label`` names the column in reports; empty means ``attack/path`` from their settings.
+    ``exact``: the path is the exact gradient of a defense's own prediction (backpropagation
+    through the iterations it reads); a screening never leaves such a column out.
     """
 
     attack: AttackSettings = PGD()
     path: PathSettings = FinalState()
     label: str = ""
+    exact: bool = False
 
     @property
     def title(self) -> str:

@@ -14,8 +14,10 @@ Attacks, all PGD-10 unless noted (Sec. 4-5 and Tables 2-3, 9; regulating-dynamic
   lambda in {0.5, 1}) with ``sweep=True``, else i in {1, early}, K in {1, 5}, both lambdas;
   the full unroll from z_0 (i = 0, K = N, lambda = 1: backpropagation through the whole solve,
   often the strongest surrogate of a small DEQ), with the cross-entropy and with the margin
-  loss (Carlini-Wagner; an outside attacker found samples only the margin loss broke); and the
-  unrolled ensemble;
+  loss (Carlini-Wagner; an outside attacker found samples only the margin loss broke); the
+  same through the first ``early`` iterations (the exact gradient of the early readout; an
+  outside attacker broke a fifth of an early readout's samples with it); and the unrolled
+  ensemble. The exact paths are never left out by a screening;
 * adaptive attacks through the entropy-reduction defense (exact unrolled, and BPDA) when it is
   evaluated;
 * AutoAttack's APGD-CE and APGD-T fed each strong path (full unroll, unrolled ensemble, and
@@ -138,9 +140,15 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
                     for lam in (0.5, 1.0)]
         specs += [AttackSpec(attack=pgd, path=path, label=path.label) for path in unrolled]
     bptt = full_unroll(model)
-    specs += [AttackSpec(attack=pgd, path=bptt, label=f"{bptt.label} = full unroll"),
-              AttackSpec(attack=dataclasses.replace(pgd, loss="margin"), path=bptt,
-                         label="full unroll, margin loss")]
+    margin = dataclasses.replace(pgd, loss="margin")
+    specs += [AttackSpec(attack=pgd, path=bptt, label=f"{bptt.label} = full unroll", exact=True),
+              AttackSpec(attack=margin, path=bptt, label="full unroll, margin loss", exact=True)]
+    if early_index < steps:
+        early = UnrolledIntermediate(index=0, steps=early_index, damping=1.0)
+        specs += [AttackSpec(attack=pgd, path=early, label=f"full unroll to z_{early_index}",
+                             exact=True),
+                  AttackSpec(attack=margin, path=early,
+                             label=f"full unroll to z_{early_index}, margin loss", exact=True)]
     ensemble_path = UnrolledEnsemble(steps=1, damping=1.0)
     specs.append(AttackSpec(attack=pgd, path=ensemble_path, label="unrolled ensemble"))
     if entropy is not None:
