@@ -5,7 +5,8 @@ predictions (the readouts of ``results.json``'s defenses, a fresh solve from z_0
 input), and implements its own sign-gradient ascent with random restarts, scoring every iterate:
 
 * surrogates: backpropagation through N plain iterations from z_0 (N = the solver's
-  ``max_iter``, and 2N), and through the first k iterations (k = 1, 2) -- the logits of the
+  ``max_iter``, and 2N), through the first k iterations (k = 1, 2) and through the first
+  ``index`` iterations of every early readout among the defenses -- the logits of the
   unrolled state; the defenses are rebuilt from the settings ``results.json`` records;
 * losses: cross-entropy and the Carlini-Wagner margin;
 * ``--restarts`` random starts each, ``--steps`` steps of size eps / 4 (and eps / 10).
@@ -29,7 +30,7 @@ from pydantic import TypeAdapter
 from torch import Tensor, nn
 
 from deqshield.evaluate.matrix import materialize
-from deqshield.readouts import ReadoutSpec
+from deqshield.readouts import Early, ReadoutSpec
 from deqshield.io.runs import load_run
 
 
@@ -94,7 +95,8 @@ def main() -> None:
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
     n = model.deq.solver.max_iter
     total = {name: torch.zeros(len(y), dtype=torch.bool) for name in readouts}
-    for depth in (1, 2, n, 2 * n):
+    early = {spec.index for spec in specs if isinstance(spec, Early)}
+    for depth in sorted({1, 2, n, 2 * n} | early):
         for loss in LOSSES:
             for step in (args.eps / 4, args.eps / 10):
                 found = attack(model, readouts, x, y, args.eps, depth, loss, step, args.steps,
