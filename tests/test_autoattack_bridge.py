@@ -1,5 +1,7 @@
 """Straight-through model and AutoAttack bridge on a tiny conv DEQ."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -73,3 +75,33 @@ def test_settings_are_validated():
         AutoAttackBridge(attacks=("apgd-dlr",))
     assert AutoAttackBridge(attacks=("square",)).gradient_free
     assert not AutoAttackBridge().gradient_free
+
+
+@dataclasses.dataclass(frozen=True)
+class Above:
+    """A defense of the mean pixel m: class 1 iff m > ``threshold``."""
+
+    threshold: float
+    name: str = "above"
+
+    def logits(self, model, x):
+        inside = (x.flatten(1).mean(dim=1) > self.threshold).to(x.dtype)
+        return torch.stack([1 - inside, inside], dim=1)
+
+
+class TwoClasses(torch.nn.Module):
+    num_classes = 2
+
+
+def test_every_defense_scores_every_run(monkeypatch):
+    low, high, higher = Above(0.55), Above(0.58), Above(0.65)
+    runs = {low: 0.1, high: 0.0, higher: -0.05}  # AutoAttack's example against each defense
+    monkeypatch.setattr(AutoAttackBridge, "_attack",
+                        lambda self, model, readout, path, x, y: (x + runs[readout], []))
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+    result = AutoAttackBridge(eps=0.1).run(TwoClasses(), FinalState(), x, y,
+                                           defenses=(low, high, higher))
+    # the run against `low` (mean 0.6) breaks `high` too, whose own run found nothing
+    assert result.broken.tolist() == [[True], [True], [False]]
+    torch.testing.assert_close(result.witnesses[1], x + 0.1)
+    torch.testing.assert_close(result.witnesses[2], x - 0.05)  # its own run's example

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, AutoAttackBridge
@@ -15,6 +17,7 @@ from deqshield.evaluate import (BROKEN, SKIPPED, SURVIVED, AttackSpec, Protocol,
                                 evaluate_matrix, obfuscation_flags, run_protocol,
                                 select_early_index, transfer)
 from deqshield.readouts import Early, Ensemble, Final
+from deqshield.readouts.base import predicted_classes
 
 PGD_FIXED = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
 SOLVER = Anderson(max_iter=4, tol=1e-3)  # small: keeps the suite fast
@@ -89,6 +92,33 @@ def test_aggregates_on_hand_made_table():
     assert table.cumulative_accuracy("A") == [0.5, 0.25]
 
 
+def test_a_screened_column_leaves_min_over_attacks_at_or_above_the_worst_case():
+    clean = {"A": torch.ones(4, dtype=torch.bool)}
+    full = VerdictTable(["A"], ["pgd"], clean,
+                        {("A", "pgd"): torch.tensor([SURVIVED] * 3 + [BROKEN], dtype=torch.int8)})
+    screened = VerdictTable(["A"], ["weak"], {"A": clean["A"][:1]},
+                            {("A", "weak"): torch.tensor([BROKEN], dtype=torch.int8)})
+    full.add_columns(screened, ["weak"])
+    assert full.cell_accuracy("A", "weak") == 0.0  # over its one screened sample
+    assert full.worst_case_accuracy("A") == 0.5
+    assert full.full_columns("A") == ["pgd"]
+    assert full.min_over_attacks("A") == 0.75 >= full.worst_case_accuracy("A")
+    assert full.strongest_attack("A") == "pgd"
+
+
+def test_a_sample_with_nan_logits_is_never_correct():
+    class Diverged(nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 3), float("nan"))
+
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    assert predicted_classes(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])).tolist() == [-1, 1]
+    table = evaluate_matrix(Diverged(), TensorDataset(x, y), [Final()],
+                            [AttackSpec(attack=PGD(eps=0.1, steps=1), label="pgd")],
+                            progress=False)
+    assert table.clean["final"].tolist() == [False, False]
+
+
 def test_square_flag_and_autoattack_findings():
     table = _table()
     specs = [AttackSpec(label="pgd"),
@@ -99,6 +129,14 @@ def test_square_flag_and_autoattack_findings():
     flags = obfuscation_flags(table, specs, margin=0.01, threshold=0.05)
     kinds = {(flag.kind, flag.defense) for flag in flags}
     assert kinds == {("square-beats-gradient", "A"), ("autoattack", "B"), ("nonconverged", "B")}
+    # early exit: the pgd cell of A is unknown, and square alone breaks a sample pgd left
+    table.verdicts["A", "pgd"] = torch.tensor([SURVIVED, SURVIVED, BROKEN, BROKEN],
+                                              dtype=torch.int8)
+    table.verdicts["A", "square"] = torch.tensor([SURVIVED, BROKEN, SKIPPED, BROKEN],
+                                                 dtype=torch.int8)
+    (flag,) = [f for f in obfuscation_flags(table, specs, margin=0.01, threshold=0.05)
+               if f.defense == "A"]
+    assert flag.kind == "square-beats-gradient" and "alone breaks 25.00%" in flag.message
 
 
 def test_run_protocol_writes_consistent_results(setup, tmp_path):

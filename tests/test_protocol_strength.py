@@ -14,13 +14,13 @@ from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
 from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
-from deqshield.evaluate.screening import screen_attacks, strongest_paths
+from deqshield.evaluate.screening import followed_paths, screen_attacks, strongest_paths
 from deqshield.evaluate.specs import Screening
 from deqshield.evaluate.standard import (full_unroll, redundant_early, standard_attacks,
                                         standard_protocol)
 from deqshield.evaluate.verdicts import BROKEN
-from deqshield.paths import UnrolledIntermediate
-from deqshield.readouts import Final
+from deqshield.paths import ThroughEntropyReduction, UnrolledIntermediate, UnrolledMean
+from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
 from deqshield.solvers import Anderson, Picard
 
 
@@ -107,7 +107,8 @@ def test_screening_keeps_the_only_path_that_works():
     outcome = screen_attacks(Screening(samples=2, keep=1, follow=1), model, data, [Final()],
                              specs)
     assert [spec.title for spec in outcome.order] == ["push +1"]
-    assert outcome.strength == {"push +1": 2, "push +0": 0, "push -1": 0}
+    assert outcome.strength == {"push +1": {"final": 2}, "push +0": {"final": 0},
+                                "push -1": {"final": 0}}
     protocol = Protocol(defenses=(Final(),), attacks=tuple(specs), eps=0.2,
                         screening=Screening(samples=2, keep=1, follow=1))
     results = run_protocol(protocol, model, data, progress=False)
@@ -116,6 +117,47 @@ def test_screening_keeps_the_only_path_that_works():
     assert results["aggregate"]["worst_case"]["robust_accuracy"] == 0.0
     verdicts = [entry["final"]["verdicts"] for entry in results["per_sample"]["samples"]]
     assert verdicts == ["011"] * 2 + ["0.."] * 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Above:
+    """A defense of the mean pixel m: class 1 iff (m > threshold) == ``upward``."""
+
+    threshold: float
+    upward: bool
+    name: str = "above"
+
+    def logits(self, model, x):
+        m = x.flatten(1).mean(dim=1)
+        inside = ((m > self.threshold) == self.upward).to(x.dtype)
+        return torch.stack([1 - inside, inside], dim=1)
+
+
+def test_screening_keeps_for_each_defense_its_strongest_columns():
+    # Three columns push up and break only the first defense, one pushes down and breaks only
+    # the second: every column breaks 2 (defense, sample) pairs, and a ranking summed over the
+    # defenses would keep the first two pushes up only.
+    model = MeanBand(0.0, 1.0)
+    defenses = [Above(0.62, upward=True), Above(0.38, upward=False)]
+    x, y = torch.full((4, 1, 2, 2), 0.5), torch.zeros(4, dtype=torch.long)
+    attack = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
+    ups = [Push(1.0), Push(1.0), Push(1.0)]
+    specs = [AttackSpec(attack=attack, path=path, label=f"up {k}") for k, path in enumerate(ups)]
+    specs.append(AttackSpec(attack=attack, path=Push(-1.0), label="down"))
+    outcome = screen_attacks(Screening(samples=2, keep=2, follow=1), model,
+                             TensorDataset(x, y), defenses, specs)
+    assert [spec.title for spec in outcome.order] == ["up 0", "up 1", "down"]
+    assert outcome.strength["down"] == {"above(threshold=0.38, upward=False)": 2,
+                                        "above(threshold=0.62, upward=True)": 0}
+
+
+def test_the_expensive_attacks_follow_each_defenses_strongest_path():
+    attack = PGD(eps=0.2, steps=2)
+    a, b, c = (UnrolledIntermediate(index=i) for i in (1, 2, 3))
+    first = [AttackSpec(attack=attack, path=path) for path in (a, b, c)]
+    second = [AttackSpec(attack=attack, path=path) for path in (c, a, b)]
+    assert followed_paths([first, second], 1) == [a, c]
+    assert followed_paths([first, second], 2) == [a, c, b]
 
 
 def test_screening_never_leaves_out_an_exact_column():
@@ -136,7 +178,30 @@ def test_the_standard_set_has_the_exact_path_of_every_readout():
     exact = {(spec.path, spec.attack.loss) for spec in standard_attacks(model, early_index=2)
              if spec.exact}
     final, early = UnrolledIntermediate(index=0, steps=6), UnrolledIntermediate(index=0, steps=2)
-    assert exact == {(final, "ce"), (final, "margin"), (early, "ce"), (early, "margin")}
+    mean = UnrolledMean(first=1, steps=6)
+    assert exact == {(path, loss) for path in (final, early, mean) for loss in ("ce", "margin")}
+    entropy = EntropyReduction(steps=2)
+    through = {spec.path.defense.base for spec in standard_attacks(model, early_index=2,
+                                                                   entropy=entropy)
+               if spec.exact and isinstance(spec.path, ThroughEntropyReduction)}
+    assert through == {Final(), Early(index=2), Ensemble()}
+
+
+def test_the_ensemble_readouts_exact_path_matches_finite_differences():
+    torch.manual_seed(0)
+    model = ConvDEQSettings(channels=3, solver=Picard(max_iter=4, tol=0.0)).build((1, 6, 6), 10)
+    model = model.double().eval()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64) * 0.8 + 0.1
+    y = torch.tensor([3, 7])
+    grad = UnrolledMean(first=1, steps=4).input_gradient(model, x, y, cross_entropy)
+
+    def loss_of_readout(x_in):
+        return cross_entropy(Ensemble().logits(model, x_in), y).sum()
+
+    direction = torch.randn_like(x)
+    h = 1e-6
+    numeric = (loss_of_readout(x + h * direction) - loss_of_readout(x - h * direction)) / (2 * h)
+    torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-5, atol=1e-8)
 
 
 def test_the_expensive_attacks_follow_distinct_paths():

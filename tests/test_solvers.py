@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deqshield.errors import InputError
-from deqshield.solvers import Anderson, Broyden, LowRankInverse, Picard, SolverStep
+from deqshield.solvers import Anderson, Broyden, LowRankInverse, Picard, SolverStep, swapped_solver
 
 SOLVERS = [Picard(max_iter=400, tol=1e-9), Anderson(max_iter=200, tol=1e-9),
            Broyden(max_iter=200, tol=1e-9)]
@@ -216,3 +216,14 @@ def test_scratch_pool_is_bounded_and_lends_each_buffer_once():
     pool.give(pool.take((10, 10), like))  # an emptied shape can come back and be evicted
     pool.give(torch.zeros(1000))  # larger than the whole pool: dropped
     assert pool.bytes == 400
+
+
+def test_a_swapped_solver_keeps_the_settings_both_solvers_have():
+    current = Anderson(max_iter=7, tol=1e-5, stop_mode="abs", final_residual=False, damping=0.5,
+                       memory=3)
+    picard = swapped_solver(current, "picard")
+    assert picard == Picard(max_iter=7, tol=1e-5, stop_mode="abs", final_residual=False,
+                            damping=0.5)
+    broyden = swapped_solver(current, "broyden")
+    assert (broyden.max_iter, broyden.tol, broyden.stop_mode, broyden.memory) == (7, 1e-5, "abs", 3)
+    assert swapped_solver(current, "anderson") is current

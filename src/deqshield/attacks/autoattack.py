@@ -111,7 +111,11 @@ class AutoAttackBridge:
             findings.extend(f for f in found if f not in findings)
         for d, x_adv in enumerate(runs[:len(defenses)]):
             board.score_one(d, x_adv)
-        result = board.result(runs[0], tuple(findings))
+        everyone = torch.arange(len(y), device=y.device)
+        for x_adv in runs[:len(defenses)]:  # an example crafted against one defense may
+            board.score(x_adv, everyone)    # break another: kept, as PGD's iterates are
+        result = board.result(runs[0], tuple(findings),
+                              unbroken=torch.stack(runs[:len(defenses)]) if defenses else None)
         result.check(x, self.eps, self.norm, BOUNDS)
         return result
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from deqshield.paths.base import GradientPath
-from deqshield.readouts.base import Readout
+from deqshield.readouts.base import Readout, predicted_classes
 from deqshield.threat import check_perturbation
 
 
@@ -121,7 +121,7 @@ class Scoreboard:
             return
         candidates = x_adv[fresh]
         logits = self.defenses[d].logits(self.model, candidates)
-        wrong = logits.argmax(dim=1) != self.y[index[fresh]]
+        wrong = predicted_classes(logits) != self.y[index[fresh]]
         hit = index[fresh][wrong]
         self.witnesses[d, hit] = candidates[wrong].detach()
         self.broken[d, hit] = True
@@ -132,8 +132,11 @@ class Scoreboard:
             return torch.ones_like(self.y, dtype=torch.bool)
         return ~self.broken.all(dim=0)
 
-    def result(self, x_adv: Tensor, findings: tuple[str, ...] = ()) -> AttackResult:
-        """The record, with ``x_adv`` as the witness of every unbroken (d, b)."""
+    def result(self, x_adv: Tensor, findings: tuple[str, ...] = (),
+               unbroken: Optional[Tensor] = None) -> AttackResult:
+        """The record, with ``unbroken[d]`` (default: ``x_adv``) as the witness of every
+        unbroken (d, b)."""
+        fallback = x_adv.unsqueeze(0) if unbroken is None else unbroken
         witnesses = torch.where(self.broken.view(*self.broken.shape, *[1] * (x_adv.dim() - 1)),
-                                self.witnesses, x_adv.unsqueeze(0))
+                                self.witnesses, fallback)
         return AttackResult(x_adv.detach(), self.broken.clone(), witnesses, findings)

@@ -93,7 +93,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--early-index", type=int,
                         help="early-state index (default: chosen on the dev split)")
     parser.add_argument("--solver", choices=SOLVER_NAMES,
-                        help="test-time solver (same max_iter/tol); broyden enables the "
+                        help="test-time solver (keeps the settings both share; the figures "
+                             "are the model's with it); broyden enables the "
                              "simultaneous-adjoint attacks")
     parser.add_argument("--sweep", action="store_true",
                         help="the full (i, K, lambda) sweep of unrolled intermediates")

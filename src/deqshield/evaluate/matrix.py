@@ -7,7 +7,8 @@ defense (value of the readout, gradient of the attack's path). Only samples a de
 classifies correctly count as attacked for it. With ``early_exit`` a column attacks only the
 samples that some defense has not lost yet, so strong attacks first make the weak ones cheap.
 Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
-for every sample, not per batch, so an early-exit run gives the same per-sample verdicts as the
+for every sample, not per batch (each column from its own seed), so an early-exit run gives
+the same per-sample verdicts as the
 exhaustive one; AutoAttack draws its own randomness per batch (equal in distribution).
 Under ``torchrun`` each process attacks its shard of the samples
 (:mod:`deqshield.evaluate.sharding`) and every column's outcomes are merged.
@@ -15,6 +16,7 @@ Under ``torchrun`` each process attacks its shard of the samples
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Optional
 
@@ -29,7 +31,7 @@ from deqshield.models import Classifier, DEQClassifier
 from deqshield.evaluate.sharding import Shard, current_shard
 from deqshield.evaluate.specs import AttackSpec, defense_label
 from deqshield.evaluate.verdicts import SURVIVED, VerdictTable, as_verdict
-from deqshield.readouts.base import Readout
+from deqshield.readouts.base import Readout, predicted_classes
 
 
 def materialize(data: Dataset) -> tuple[Tensor, Tensor]:
@@ -40,7 +42,7 @@ def materialize(data: Dataset) -> tuple[Tensor, Tensor]:
 
 def predict(model: Classifier, readout: Readout, x: Tensor, batch_size: int) -> Tensor:
     """The defense's predicted classes, computed in batches."""
-    return torch.cat([readout.logits(model, part).argmax(dim=1)
+    return torch.cat([predicted_classes(readout.logits(model, part))
                       for part in x.split(batch_size)])
 
 
@@ -55,9 +57,12 @@ def sharded_correct(model: Classifier, readout: Readout, x: Tensor, y: Tensor,
 
 
 def column_starts(spec: AttackSpec, x_all: Tensor, seed: int) -> Optional[Tensor]:
-    """The attack's per-sample randomness for every sample, drawn once per column from
-    ``seed`` (None if the attack draws its own)."""
-    return spec.attack.starts(x_all, torch.Generator().manual_seed(seed))
+    """The attack's per-sample randomness for every sample, drawn once per column from the
+    run's ``seed`` and the column's title (a stable hash), so that the columns' random starts
+    are independent of each other and equal in every process (None if the attack draws its
+    own)."""
+    column_seed = seed * 1_000_003 + zlib.crc32(spec.title.encode())
+    return spec.attack.starts(x_all, torch.Generator().manual_seed(column_seed))
 
 
 def nonconverged(model: Classifier, x: Tensor) -> Tensor:

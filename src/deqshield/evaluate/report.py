@@ -152,9 +152,12 @@ def _screening_lines(results: dict[str, Any]) -> list[str]:
     if not screening:
         return []
     lines = ["", f"Screening on the first {screening['samples']} samples (broken (defense, "
-             "sample) pairs; kept: run on every sample, else its screening verdicts count):", ""]
-    lines += [f"- {row['attack']}: {row['broken']}{' (kept)' if row['kept'] else ''}"
-              for row in screening["ranking"]]
+             "sample) pairs, and per defense; kept: run on every sample, else its screening "
+             "verdicts count):", ""]
+    lines += [f"- {row['attack']}: {row['broken']} ("
+              + ", ".join(f"{defense} {count}" for defense, count
+                          in row["broken_per_defense"].items())
+              + f"){' (kept)' if row['kept'] else ''}" for row in screening["ranking"]]
     return lines
 
 

@@ -50,7 +50,7 @@ from deqshield.evaluate.standard import (
 )
 from deqshield.readouts import EntropyReduction
 from deqshield.io.runs import RunPath, load_run, output_dir
-from deqshield.solvers import solver_named
+from deqshield.solvers import swapped_solver
 from deqshield.validation import check_eps, check_index, check_number
 
 
@@ -161,13 +161,13 @@ def evaluate_run(run_dir: RunPath, out_dir: Optional[Path] = None, *,
                  solver: Optional[str] = None, **options: Any) -> dict[str, Any]:
     """Load a run written by ``deqshield train`` (or ``zoo:NAME``) and evaluate it (see
     :func:`evaluate_model`) into ``out_dir`` (default: ``run_dir/evaluation``).
-    ``solver`` swaps the test-time solver (same ``max_iter`` and ``tol``), e.g. ``broyden``
-    to enable the simultaneous-adjoint attacks."""
+    ``solver`` swaps the test-time solver (keeping every setting the two share, see
+    :func:`~deqshield.solvers.swapped_solver`), e.g. ``broyden`` to enable the
+    simultaneous-adjoint attacks: the figures then describe the model with that solver."""
     run = load_run(run_dir, which=which, data_dir=data_dir)
     model = run.model
     if solver is not None and isinstance(model, DEQClassifier):
-        current = model.deq.solver
-        model.deq.solver = solver_named(solver, max_iter=current.max_iter, tol=current.tol)
+        model.deq.solver = swapped_solver(model.deq.solver, solver)
     data = run.config.data
     dev = None
     if data.dev_fraction > 0:  # the run's own split: its dev part was never trained on

@@ -1,18 +1,21 @@
 """Attack screening: rank the attacks on a few samples, run the strongest on all.
 
 Which gradient path breaks a DEQ depends on the model (the final state for one, the full
-unroll from z_0 or an intermediate state for another), and trying every path with every attack
-on every sample is what makes a white-box protocol expensive. The screening runs each *cheap*
-gradient attack (PGD with each path of the protocol, including the sweep's (i, K, lambda)
-points) on the first ``samples`` evaluation samples against every defense, and ranks the
-columns by the number of (defense, sample) pairs they break (stable: the protocol's order
-breaks ties). The full run then uses
+unroll from z_0 or an intermediate state for another) and on the defense (an early readout
+falls to the unroll through its own iterations, the final readout to another path), and trying
+every path with every attack on every sample is what makes a white-box protocol expensive. The
+screening runs each *cheap* gradient attack (PGD with each path of the protocol, including the
+sweep's (i, K, lambda) points) on the first ``samples`` evaluation samples against every
+defense, and ranks the columns *for each defense* by the number of its samples they break
+(stable: the protocol's order breaks ties). The full run then uses
 
-* the ``keep`` strongest cheap columns, strongest first (with early exit, the later and weaker
-  attacks only see what the stronger ones left), then every exact column (a defense's own
-  gradient, ``AttackSpec.exact``) not among them;
-* each *expensive* gradient attack of the protocol (APGD-CE/T) fed each of the ``follow``
-  strongest distinct gradient paths (instead of the paths the protocol listed);
+* for each defense, its ``keep`` strongest cheap columns (a column strong against one readout
+  only is kept, however weak it is against the others), in the order of their strength summed
+  over the defenses, strongest first (with early exit, the later and weaker attacks only see
+  what the stronger ones left), then every exact column (a defense's own gradient,
+  ``AttackSpec.exact``) not among them;
+* each *expensive* gradient attack of the protocol (APGD-CE/T) fed, for each defense, its
+  ``follow`` strongest distinct gradient paths (instead of the paths the protocol listed);
 * the gradient-free attacks (Square) as listed.
 
 Nothing ranked weak is dropped silently: its screening verdicts join the table as columns
@@ -38,18 +41,19 @@ from deqshield.readouts.base import Readout
 @dataclass(frozen=True)
 class ScreeningOutcome:
     """The full run's columns (``order``), the cheap columns ranked weak (``dropped``), the
-    screening's verdicts and the strength (broken (defense, sample) pairs) of each column."""
+    screening's verdicts and the strength of each column: broken samples per defense."""
 
     order: list[AttackSpec]
     dropped: list[AttackSpec]
     table: VerdictTable
-    strength: dict[str, int]
+    strength: dict[str, dict[str, int]]
 
     def summary(self) -> dict[str, Any]:
         """The ranking for results.json."""
         kept = {spec.title for spec in self.order}
         return {"samples": self.table.samples,
-                "ranking": [{"attack": title, "broken": broken, "kept": title in kept}
+                "ranking": [{"attack": title, "broken": sum(broken.values()),
+                             "broken_per_defense": broken, "kept": title in kept}
                             for title, broken in self.strength.items()],
                 "chosen": [spec.title for spec in self.order]}
 
@@ -64,19 +68,37 @@ def screen_attacks(screening: Screening, model: Classifier, data: Dataset,
     subset = Subset(data, range(min(screening.samples, len(data))))  # type: ignore[arg-type]
     table = evaluate_matrix(model, subset, defenses, cheap, batch_size=batch_size, seed=seed,
                             progress=progress)
-    strength = {spec.title: sum(int(((table.verdicts[row, spec.title] == BROKEN)
-                                     & table.clean[row]).sum()) for row in table.defenses)
+    strength = {spec.title: {row: int(((table.verdicts[row, spec.title] == BROKEN)
+                                       & table.clean[row]).sum()) for row in table.defenses}
                 for spec in cheap}
-    ranked = sorted(cheap, key=lambda spec: -strength[spec.title])
+    ranked = sorted(cheap, key=lambda spec: -sum(strength[spec.title].values()))
+    per_defense = [sorted(cheap, key=lambda spec: -strength[spec.title][row])
+                   for row in table.defenses]
+    chosen = {spec.title for ranking in per_defense for spec in ranking[:screening.keep]}
+    kept = ([spec for spec in ranked if spec.title in chosen]
+            + [spec for spec in ranked if spec.title not in chosen and spec.exact])
+    paths = followed_paths(per_defense, screening.follow)
     expensive = dict.fromkeys(spec.attack for spec in specs
                               if not spec.attack.cheap and not spec.gradient_free)
-    followers = [AttackSpec(attack=attack, path=top.path, label=f"{attack.label} ({top.title})")
-                 for attack in expensive for top in strongest_paths(ranked, screening.follow)]
+    titles = {spec.path: spec.title for spec in reversed(ranked)}
+    followers = [AttackSpec(attack=attack, path=path, label=f"{attack.label} ({titles[path]})")
+                 for attack in expensive for path in paths]
     gradient_free = [spec for spec in specs if spec.gradient_free]
-    kept = ranked[:screening.keep] + [spec for spec in ranked[screening.keep:] if spec.exact]
     dropped = [spec for spec in ranked if spec not in kept]
     return ScreeningOutcome(kept + followers + gradient_free, dropped, table,
                             {spec.title: strength[spec.title] for spec in ranked})
+
+
+def followed_paths(per_defense: Sequence[Sequence[AttackSpec]], count: int) -> list[Any]:
+    """The union over defenses of each one's ``count`` strongest distinct paths, taken rank by
+    rank (every defense's strongest path first)."""
+    tops = [strongest_paths(ranking, count) for ranking in per_defense]
+    paths: dict[Any, None] = {}
+    for rank in range(count):
+        for top in tops:
+            if rank < len(top):
+                paths.setdefault(top[rank].path, None)
+    return list(paths)
 
 
 def strongest_paths(ranked: Sequence[AttackSpec], count: int) -> list[AttackSpec]:

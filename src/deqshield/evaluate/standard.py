@@ -12,16 +12,20 @@ Attacks, all PGD-10 unless noted (Sec. 4-5 and Tables 2-3, 9; regulating-dynamic
   solves with Broyden, whose inverse estimate these paths reuse;
 * unrolled intermediates (Eq. 13-16): the full (i, K, lambda) sweep (i = 1..N, K = 1..9,
   lambda in {0.5, 1}) with ``sweep=True``, else i in {1, early}, K in {1, 5}, both lambdas;
-  the full unroll from z_0 (i = 0, K = N, lambda = 1: backpropagation through the whole solve,
-  often the strongest surrogate of a small DEQ), with the cross-entropy and with the margin
-  loss (Carlini-Wagner; an outside attacker found samples only the margin loss broke); the
-  same through the first ``early`` iterations (the exact gradient of the early readout; an
-  outside attacker broke a fifth of an early readout's samples with it); and the unrolled
-  ensemble. The exact paths are never left out by a screening;
-* adaptive attacks through the entropy-reduction defense (exact unrolled, and BPDA) when it is
-  evaluated;
-* AutoAttack's APGD-CE and APGD-T fed each strong path (full unroll, unrolled ensemble, and
-  through the entropy defense when evaluated; with a screening, the paths it ranks strongest),
+  the unrolled ensemble;
+* the exact gradient of every readout, each with the cross-entropy and with the margin loss
+  (Carlini-Wagner; an outside attacker found samples only the margin loss broke): the full
+  unroll from z_0 (i = 0, K = N, lambda = 1: backpropagation through the whole solve, often the
+  strongest surrogate of a small DEQ) for the final readout, the same through the first
+  ``early`` iterations for the early readout (an outside attacker broke a fifth of an early
+  readout's samples with it), backpropagation to the mean of z_1..z_N for the ensemble readout
+  (:class:`~deqshield.paths.UnrolledMean`), and, when the entropy-reduction defense is
+  evaluated, the adaptive attack through it (exact unrolled) on each of these bases. They are
+  exact where the solver is the plain iteration and plain-iteration surrogates otherwise, and
+  a screening never leaves them out (``AttackSpec.exact``);
+* the cheaper adaptive BPDA attack through the entropy-reduction defense when it is evaluated;
+* AutoAttack's APGD-CE and APGD-T fed each exact path and the unrolled ensemble (with a
+  screening, the paths it ranks strongest for each defense),
   and Square, the gradient-free control that flags gradient obfuscation.
 
 Every attack keeps the first misclassified example over its iterates and restarts
@@ -49,8 +53,9 @@ from deqshield.paths import (
     ThroughEntropyReduction,
     UnrolledEnsemble,
     UnrolledIntermediate,
+    UnrolledMean,
 )
-from deqshield.evaluate.specs import AttackSpec, Protocol, Screening
+from deqshield.evaluate.specs import AttackSpec, Protocol, Screening, describe
 from deqshield.evaluate.sweep import intermediate_sweep
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final, Readout
 from deqshield.settings import component
@@ -139,29 +144,29 @@ def standard_attacks(model: DEQClassifier, *, early_index: int, sweep: bool = Fa
                     for i in sorted({1, min(early_index, steps)}) for k in (1, 5)
                     for lam in (0.5, 1.0)]
         specs += [AttackSpec(attack=pgd, path=path, label=path.label) for path in unrolled]
-    bptt = full_unroll(model)
     margin = dataclasses.replace(pgd, loss="margin")
-    specs += [AttackSpec(attack=pgd, path=bptt, label=f"{bptt.label} = full unroll", exact=True),
-              AttackSpec(attack=margin, path=bptt, label="full unroll, margin loss", exact=True)]
-    if early_index < steps:
-        early = UnrolledIntermediate(index=0, steps=early_index, damping=1.0)
-        specs += [AttackSpec(attack=pgd, path=early, label=f"full unroll to z_{early_index}",
-                             exact=True),
-                  AttackSpec(attack=margin, path=early,
-                             label=f"full unroll to z_{early_index}, margin loss", exact=True)]
+    bptt = full_unroll(model)
+    exact = [(bptt, "full unroll")]
+    if redundant_early(model, early_index) is None:
+        exact.append((UnrolledIntermediate(index=0, steps=early_index, damping=1.0),
+                      f"full unroll to z_{early_index}"))
+    exact.append((UnrolledMean(first=Ensemble().first, steps=steps),
+                  f"full unroll, mean of z_{Ensemble().first}..z_{steps}"))
+    if entropy is not None:
+        exact += [(ThroughEntropyReduction(defense=dataclasses.replace(entropy, base=base)),
+                   f"adaptive: through entropy reduction ({describe(base)})")
+                  for base in base_readouts(model, early_index)]
+    for path, label in exact:
+        specs += [AttackSpec(attack=pgd, path=path, label=label, exact=True),
+                  AttackSpec(attack=margin, path=path, label=f"{label}, margin loss", exact=True)]
     ensemble_path = UnrolledEnsemble(steps=1, damping=1.0)
     specs.append(AttackSpec(attack=pgd, path=ensemble_path, label="unrolled ensemble"))
     if entropy is not None:
-        specs += [AttackSpec(attack=pgd, path=ThroughEntropyReduction(defense=entropy),
-                             label="adaptive: through entropy reduction"),
-                  AttackSpec(attack=pgd, path=EntropyBPDA(
-                      defense=entropy, inner=UnrolledIntermediate(index=1, steps=1)),
-                      label="adaptive: entropy BPDA")]
+        specs.append(AttackSpec(attack=pgd, path=EntropyBPDA(
+            defense=entropy, inner=UnrolledIntermediate(index=1, steps=1)),
+            label="adaptive: entropy BPDA"))
     if autoattack:
-        strong = [(bptt, "full unroll"), (ensemble_path, "unrolled ensemble")]
-        if entropy is not None:
-            strong.append((ThroughEntropyReduction(defense=entropy), "through entropy reduction"))
-        specs += autoattack_columns(strong, budget)
+        specs += autoattack_columns(exact + [(ensemble_path, "unrolled ensemble")], budget)
     return specs
 
 
@@ -184,6 +189,12 @@ def redundant_early(model: DEQClassifier, early_index: int) -> Optional[str]:
             f"max_iter={steps}: identical to the final readout, not evaluated separately")
 
 
+def base_readouts(model: DEQClassifier, early_index: int) -> list[Readout]:
+    """Final, early (unless :func:`redundant_early`) and ensemble: the trajectory readouts."""
+    early = [Early(index=early_index)] if redundant_early(model, early_index) is None else []
+    return [Final(), *early, Ensemble()]
+
+
 def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,
                       sweep: bool = False, entropy: Optional[EntropyReduction] = None,
                       autoattack: bool = True, quick: bool = False, early_exit: bool = False,
@@ -191,9 +202,7 @@ def standard_protocol(model: DEQClassifier, *, eps: float, early_index: int,
                       screening: Optional[Screening] = None) -> Protocol:
     """Defenses final / early / ensemble (each also behind ``entropy`` if given; early left out
     when :func:`redundant_early`) against :func:`standard_attacks` at radius ``eps``."""
-    defenses: list[Readout] = [Final(), Ensemble()]
-    if redundant_early(model, early_index) is None:
-        defenses.insert(1, Early(index=early_index))
+    defenses = base_readouts(model, early_index)
     if entropy is not None:
         defenses += [dataclasses.replace(entropy, base=base) for base in list(defenses)]
     attacks = standard_attacks(model, early_index=early_index, sweep=sweep, entropy=entropy,

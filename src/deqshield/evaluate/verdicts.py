@@ -13,8 +13,9 @@ Aggregates:
   if any sample was skipped); the attacked accuracy: the same over the samples the attack
   actually attacked (what each attack of an early-exit run did on the samples it saw);
 * attribution: per sample, the first attack (in column order) that broke it;
-* papers' min-max (closer-look-neurips22 Sec. 6): per defense the minimum cell over attacks,
-  overall the maximum of those minima over defenses;
+* papers' min-max (closer-look-neurips22 Sec. 6): per defense the minimum cell over the
+  attacks tested on every sample (a screened column's cell is over its screened samples only,
+  another sample set), overall the maximum of those minima over defenses;
 * per-sample worst case (stricter): a sample is robust for d only if it survives every attack;
   per defense the fraction of such samples, overall the maximum over defenses (the defender
   fixes one defense in advance). It never exceeds the min-max value.
@@ -109,16 +110,24 @@ class VerdictTable:
     def worst_case_accuracy(self, defense: str) -> float:
         return float(self.robust(defense).float().mean())
 
+    def full_columns(self, defense: str) -> list[str]:
+        """The attacks tested on every sample under the defense (not screened-only)."""
+        return [attack for attack in self.attacks
+                if not (self.verdicts[defense, attack] == UNTESTED).any()]
+
     def min_over_attacks(self, defense: str) -> Optional[float]:
-        """Papers' row value: the minimum cell (None if a cell is unknown)."""
-        cells = [self.cell_accuracy(defense, attack) for attack in self.attacks]
+        """Papers' row value: the minimum cell over :meth:`full_columns` (None if a cell is
+        unknown)."""
+        cells = [self.cell_accuracy(defense, attack) for attack in self.full_columns(defense)]
         if any(cell is None for cell in cells):
             return None
         return min(cells)  # type: ignore[type-var]
 
     def strongest_attack(self, defense: str) -> Optional[str]:
-        """The attack with the lowest cell (first on ties); None if a cell is unknown."""
-        cells = {attack: self.cell_accuracy(defense, attack) for attack in self.attacks}
+        """The attack of :meth:`full_columns` with the lowest cell (first on ties); None if a
+        cell is unknown."""
+        cells = {attack: self.cell_accuracy(defense, attack)
+                 for attack in self.full_columns(defense)}
         if any(cell is None for cell in cells.values()):
             return None
         return min(cells, key=lambda attack: cells[attack])  # type: ignore[arg-type,return-value]

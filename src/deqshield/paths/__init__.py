@@ -1,6 +1,7 @@
 """Gradient paths (attack surrogates) through a DEQ's trajectory (Sec. 4-5 of
 closer-look-neurips22): the final state, the simultaneous adjoint, the adjoint Broyden
-comparison, unrolled intermediates and their ensembles."""
+comparison, unrolled intermediates and their ensembles, and the
+full unrolls that are the exact gradients of the readouts."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from deqshield.paths.simultaneous_adjoint import SimultaneousAdjoint
 from deqshield.paths.through_defense import EntropyBPDA, ThroughEntropyReduction
 from deqshield.paths.unrolled import UnrolledIntermediate
 from deqshield.paths.unrolled_ensemble import UnrolledEnsemble
+from deqshield.paths.unrolled_mean import UnrolledMean
 
 PathSpec = Annotated[
     Union[FinalState, SimultaneousAdjoint, AdjointBroyden, UnrolledIntermediate,
-          UnrolledEnsemble, EnsemblePath, ThroughEntropyReduction, EntropyBPDA],
+          UnrolledEnsemble, UnrolledMean, EnsemblePath, ThroughEntropyReduction, EntropyBPDA],
     Field(discriminator="name"),
 ]
 """A gradient-path section of a config: ``{name: final|simultaneous-adjoint|adjoint-broyden|
-unrolled|unrolled-ensemble|ensemble|through-entropy-reduction|entropy-bpda, ...settings}``."""
+unrolled|unrolled-ensemble|unrolled-mean|ensemble|through-entropy-reduction|entropy-bpda, ...settings}``."""
 
 __all__ = ["AdjointBroyden", "EnsemblePath", "EntropyBPDA", "FinalState", "GradientPath", "LossFn",
            "PathSpec", "SimultaneousAdjoint", "ThroughEntropyReduction", "UnrolledEnsemble",
-           "UnrolledIntermediate",
+           "UnrolledIntermediate", "UnrolledMean",
            "final_state_logits"]

@@ -24,6 +24,19 @@ from deqshield.solvers import SolverStep
 from deqshield.validation import check_range
 
 
+NO_CLASS = -1
+"""The prediction of a sample whose logits are not all finite: no class, so never correct."""
+
+
+def predicted_classes(logits: Tensor) -> Tensor:
+    """argmax of each row of ``logits``, ``NO_CLASS`` where a row holds NaN or Inf (argmax
+    would pick the first NaN, i.e. class 0, and count a diverged solve on a class-0 sample as
+    correct)."""
+    finite = torch.isfinite(logits).all(dim=1)
+    return torch.where(finite, logits.argmax(dim=1), torch.full_like(finite, NO_CLASS,
+                                                                       dtype=torch.long))
+
+
 class StateReader(Protocol):
     """Observes the states of one solve; ``logits()`` gives the readout's prediction."""
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Union, get_args
 
@@ -33,5 +34,17 @@ def solver_named(name: str, **settings: object) -> FixedPointSolver:
     """The solver called ``name`` (one of :data:`SOLVER_NAMES`) with ``settings``."""
     return TypeAdapter(SolverSpec).validate_json(json.dumps({"name": name, **settings}))
 
+
+def swapped_solver(current: FixedPointSolver, name: str) -> FixedPointSolver:
+    """The solver called ``name`` with every setting it shares with ``current`` (the shared
+    ones: ``max_iter``, ``tol``, ``stop_mode``, ``final_residual``, and ``damping`` or
+    ``memory`` where both have them); ``current`` itself if it is that solver already."""
+    if current.name == name:
+        return current
+    target = type(solver_named(name))
+    shared = {f.name for f in dataclasses.fields(target)} - {"name"}
+    return solver_named(name, **{f.name: getattr(current, f.name)
+                                 for f in dataclasses.fields(current) if f.name in shared})
+
 __all__ = ["Anderson", "Broyden", "FixedPointSolver", "LowRankInverse", "Picard",
-           "SOLVER_NAMES", "SolverSpec", "solver_named", "SolverStep", "Trajectory", "check_state", "release_scratch"]
+           "SOLVER_NAMES", "SolverSpec", "solver_named", "swapped_solver", "SolverStep", "Trajectory", "check_state", "release_scratch"]
