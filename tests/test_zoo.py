@@ -246,6 +246,31 @@ def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
         "card.json", "config.yaml", "weights.safetensors"]
 
 
+def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(zoo_root, deq_run, tmp_path,
+                                                                   monkeypatch, capsys):
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo_root, root)
+    monkeypatch.setenv(store.ENVIRONMENT, str(root))
+    before = store.card(DEQ)
+    out = tmp_path / "again"
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
+                 "--no-autoattack", "--quiet"]) == 0
+    assert main(["zoo", "update", DEQ, "--evaluation", str(out),
+                 "--evaluate-command", "deqshield evaluate zoo:x --limit 4"]) == 0
+    after = store.card(DEQ)
+    results = json.loads((out / "results.json").read_text())
+    best = results["aggregate"]["worst_case"]
+    assert (after.test_images, after.worst_case_accuracy) == (4, best["robust_accuracy"])
+    assert after.evaluate_command == "deqshield evaluate zoo:x --limit 4"
+    assert (after.sha256, after.training, after.notes) == (before.sha256, before.training,
+                                                          before.notes)
+    zoo.load(DEQ)  # the weights still match the card
+    assert main(["zoo", "update", DEQ, "--evaluation", str(deq_run / "evaluation")]) == 2
+    assert "not zoo:" in capsys.readouterr().err
+    assert main(["zoo", "update", CERDEQ, "--evaluation", str(out)]) == 2
+    assert "not zoo:" in capsys.readouterr().err
+
+
 def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run, tmp_path,
                                                                capsys):
     assert main(["certify", f"zoo:{CERDEQ}", "--out", str(tmp_path), "--limit", "32",

@@ -1,5 +1,5 @@
-"""``deqshield zoo add|list|show``: package a run as a zoo model and read the zoo's cards
-(thin over :mod:`deqshield.zoo`)."""
+"""``deqshield zoo add|update|list|show``: package a run as a zoo model, record a
+re-evaluation of one, and read the zoo's cards (thin over :mod:`deqshield.zoo`)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,22 @@ def _add(args: argparse.Namespace) -> int:
                    wall_time=args.wall_time, machine=args.machine, notes=args.note,
                    evaluate_command=args.evaluate_command, data_dir=args.data_dir,
                    force=args.force)
-    print(f"added {card.name} to {store.root()} (sha256 {card.sha256[:12]}...); "
-          "regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md, and the "
-          "README's zoo tables with: python -m deqshield.zoo.render --readme")
+    print(f"added {card.name} to {store.root()} (sha256 {card.sha256[:12]}...); {REGENERATE}")
     return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    from deqshield.zoo.package import update_evaluation
+
+    card = update_evaluation(args.name, args.evaluation, evaluate_command=args.evaluate_command,
+                             notes=args.note)
+    print(f"updated the evaluation figures of {card.name}: worst case "
+          f"{percent(card.worst_case_accuracy)}% on {card.test_images} images; {REGENERATE}")
+    return 0
+
+
+REGENERATE = ("regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md, and the "
+              "README's zoo tables with: python -m deqshield.zoo.render --readme")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -56,9 +68,10 @@ RESULT_FOLDERS = {
 
 
 def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``zoo`` command (``add``, ``list``, ``show``) to ``subparsers``."""
+    """Add the ``zoo`` command (``add``, ``update``, ``list``, ``show``) to ``subparsers``."""
     parser = subparsers.add_parser(
-        "zoo", help="the model zoo: package a run (add), list the models, show a card")
+        "zoo", help="the model zoo: package a run (add), record a re-evaluation (update), "
+                    "list the models, show a card")
     commands = parser.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     add = commands.add_parser("add", help="package a finished run as a zoo model")
     add.add_argument("run_dir", metavar="RUN", help="run directory written by deqshield train")
@@ -76,6 +89,16 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--machine", default="", help="the machine it was trained on (free text)")
     add.add_argument("--note", action="append", default=[], help="a note for the card "
                      "(repeatable)")
+    update = commands.add_parser(
+        "update", help="replace a zoo model's evaluation figures by a re-evaluation of it")
+    update.add_argument("name", metavar="NAME")
+    update.add_argument("--evaluation", type=Path, required=True,
+                        help="folder with results.json of deqshield evaluate zoo:NAME")
+    update.add_argument("--evaluate-command", default="",
+                        help="the command that produced it (default: keep the card's)")
+    update.add_argument("--note", action="append", default=[],
+                        help="the card's notes (repeatable; default: keep the card's)")
+    update.set_defaults(run=_update)
     add.add_argument("--data-dir", help="data directory (overrides the run's data root)")
     add.add_argument("--force", action="store_true", help="replace an existing zoo model")
     add.set_defaults(run=_add)
@@ -84,6 +107,6 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="a zoo model's card as indented JSON")
     show.add_argument("name", metavar="NAME")
     show.set_defaults(run=_show)
-    for command in (add, listing, show):
+    for command in (add, update, listing, show):
         add_debug_flag(command)
     return parser

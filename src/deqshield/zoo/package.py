@@ -17,10 +17,15 @@ run's ``config.yaml`` and a ``card.json`` filled from the run and its measuremen
 
 At least one of them is needed. The model folder is written in a staging folder and renamed
 into place, so a failed packaging leaves no half-written model.
+
+``deqshield zoo update NAME --evaluation DIR`` (:func:`update_evaluation`) replaces a shipped
+model's evaluation figures by a re-evaluation of its own weights (``deqshield evaluate
+zoo:NAME``), keeping its weights, training record and certification.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +40,7 @@ from deqshield import __version__
 from deqshield.io import atomic
 from deqshield.io.config import ExperimentConfig, dump_config
 from deqshield.errors import InputError, OutputError
-from deqshield.io.runs import RunPath, load_run
+from deqshield.io.runs import ZOO_PREFIX, RunPath, load_run
 from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
 from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
@@ -105,6 +110,37 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
                       store.CONFIG: yaml.safe_dump(dump_config(config), sort_keys=False).encode(),
                       store.CARD: card_json(card).encode()})
     return card
+
+
+def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = "",
+                      notes: Sequence[str] = ()) -> Card:
+    """Replace the evaluation figures of zoo model ``name`` by those of ``results.json`` in
+    ``evaluation``, which must come from ``deqshield evaluate zoo:NAME`` at the card's radius;
+    ``evaluate_command`` and ``notes`` replace the card's when given. Returns the new card."""
+    card = store.card(name)
+    if card.smoothing is not None:
+        raise InputError(f"{name} is a smoothed model: its card records a smoothing "
+                         "certification, not an evaluation")
+    path = Path(evaluation) / "results.json"
+    run = _figures(path, lambda results: results["meta"]["run"])
+    if run != f"{ZOO_PREFIX}{name}":
+        raise InputError(f"{path} evaluates {run}, not {ZOO_PREFIX}{name}")
+    figures = _figures(path, evaluation_figures)
+    if f"{figures['eps']:.6g}" != f"{card.eps:.6g}":
+        raise InputError(f"{path} is at eps {figures['eps']:g}, the card's model at "
+                         f"eps {card.eps:g}")
+    updated = dataclasses.replace(
+        card, **{key: value for key, value in figures.items()
+                 if key not in ("results", "attack_budgets")},
+        results={**card.results, **figures["results"]},
+        attack_budgets={**card.attack_budgets, **figures["attack_budgets"]},
+        evaluate_command=evaluate_command or card.evaluate_command,
+        notes=tuple(notes) or card.notes, deqshield_version=__version__)
+    folder = store.model_dir(name)
+    _publish(folder, {file: (folder / file).read_bytes() for file in (store.WEIGHTS,
+                                                                       store.CONFIG)}
+             | {store.CARD: card_json(updated).encode()})
+    return updated
 
 
 def evaluation_figures(results: dict[str, Any]) -> dict[str, Any]:
