@@ -6,17 +6,23 @@
    PGD-AT (``--pgd-steps`` steps), the same with warm-started attack solves (a full solve,
    then ``--warm-steps`` updates per iterate), fast AT (N-FGSM: one step) and free AT (one
    replay = one step). Reported: robust samples per second and the DEQ / CNN time ratio.
+   With ``--deq-config`` / ``--cnn-config`` (shipped training configs, e.g. the zoo's) the two
+   models are built from them instead, and the recipe "config" is the DEQ config's own
+   training objective; ``--recipes`` picks the recipes to time (and skips part 3).
 2. Epoch time of a ~100k-parameter DEQ (``--big-channels``) over 60k images: the median step
    time of each recipe times ceil(60000 / batch).
 3. Memory: the peak RSS of a PGD-AT step with random intermediate states for N = 8 / 16 / 32
    solver steps (the meter of ``gradient_memory.py``).
 
     python benchmarks/training_throughput.py [--rounds 5] [--out DIR]
+    python benchmarks/training_throughput.py --deq-config src/deqshield/configs/zoo-mnist-linf-0.3-deq.yaml \
+        --cnn-config src/deqshield/configs/zoo-mnist-linf-0.3-cnn.yaml --recipes config pgd-at
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -28,6 +34,7 @@ from gradient_memory import MiB, CpuPeakMeter
 from results_io import write_results
 
 from deqshield.attacks import PGD
+from deqshield.io.config import load_config
 from deqshield.models import ConvDEQSettings, SmallCNNSettings
 from deqshield.solvers import Anderson
 from deqshield.training import FastAT, FreeAT, StepRandomness
@@ -37,9 +44,10 @@ EPS = 0.3
 SHAPE = (1, 28, 28)
 
 
-def recipes(pgd_steps: int, warm_steps: int) -> dict[str, object]:
+def recipes(pgd_steps: int, warm_steps: int, config_objective=None) -> dict[str, object]:
     pgd = PGD(eps=EPS, step_size=2.5 * EPS / pgd_steps, steps=pgd_steps)
-    return {"pgd-at": PGDAT(attack=pgd),
+    configured = {} if config_objective is None else {"config": config_objective}
+    return {**configured, "pgd-at": PGDAT(attack=pgd),
             "pgd-at warm": PGDAT(attack=PGD(eps=EPS, step_size=pgd.step_size, steps=pgd_steps,
                                             warm_steps=warm_steps)),
             "fast-at": FastAT(eps=EPS),
@@ -78,6 +86,9 @@ def main() -> None:
     parser.add_argument("--big-channels", type=int, default=104)
     parser.add_argument("--pgd-steps", type=int, default=7)
     parser.add_argument("--warm-steps", type=int, default=2)
+    parser.add_argument("--deq-config", type=Path, help="build the DEQ from this config")
+    parser.add_argument("--cnn-config", type=Path, help="build the CNN from this config")
+    parser.add_argument("--recipes", nargs="+", help="time only these recipes")
     parser.add_argument("--memory-only", action="store_true", help="only part 3")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -85,17 +96,23 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, *SHAPE), torch.randint(0, 10, (args.batch,))
     solver = Anderson(max_iter=10, tol=1e-3)
-    models = {"deq": ConvDEQSettings(channels=args.channels, solver=solver).build(SHAPE, 10),
-              "cnn": SmallCNNSettings(channels=tuple(args.cnn_channels)).build(SHAPE, 10),
-              "deq-100k": ConvDEQSettings(channels=args.big_channels,
-                                          solver=solver).build(SHAPE, 10)}
+    deq = (load_config(args.deq_config).model if args.deq_config
+           else ConvDEQSettings(channels=args.channels, solver=solver))
+    cnn = (load_config(args.cnn_config).model if args.cnn_config
+           else SmallCNNSettings(channels=tuple(args.cnn_channels)))
+    models = {"deq": deq.build(SHAPE, 10), "cnn": cnn.build(SHAPE, 10),
+              "deq-100k": dataclasses.replace(deq, channels=args.big_channels).build(SHAPE, 10)}
+    objective = load_config(args.deq_config).train.objective if args.deq_config else None
+    chosen = recipes(args.pgd_steps, args.warm_steps, objective)
+    if args.recipes:
+        chosen = {name: chosen[name] for name in args.recipes}
     figures: dict = {"batch": args.batch, "eps": EPS, "threads": torch.get_num_threads(),
+                     "configs": [str(args.deq_config), str(args.cnn_config)],
                      "parameters": {name: sum(p.numel() for p in model.parameters())
                                     for name, model in models.items()}, "recipes": {}}
     print(f"parameters: {figures['parameters']}")
     steps_per_epoch = math.ceil(60000 / args.batch)
-    for name, objective in ({} if args.memory_only else
-                            recipes(args.pgd_steps, args.warm_steps)).items():
+    for name, objective in ({} if args.memory_only else chosen).items():
         steps = {key: step_function(model, objective, x, y) for key, model in models.items()}
         for step in steps.values():
             step()  # warm-up
@@ -113,6 +130,10 @@ def main() -> None:
         print(f"{name}: DEQ {row['deq']:.3f} s, CNN {row['cnn']:.3f} s per step (ratio "
               f"{row['ratio']:.2f}); ~100k-parameter DEQ {row['deq-100k']:.2f} s per step = "
               f"{row['deq_100k_epoch_minutes']:.1f} min per 60k-image epoch")
+    if args.recipes:  # a chosen set of recipes: timing only
+        if args.out:
+            write_results(args.out, "training_throughput_" + "_".join(args.recipes), figures)
+        return
     memory = {}
     for n in (8, 16, 32):
         model = ConvDEQSettings(channels=args.channels, solver=Anderson(max_iter=n, tol=0.0)).build(
