@@ -8,7 +8,8 @@ import torch
 from deqshield.attacks import PGD, check_perturbation, cross_entropy, margin, project
 from deqshield.models import ConvDEQSettings, SmallCNNSettings
 from deqshield.paths import FinalState
-from deqshield.readouts import Early, Ensemble, Final
+from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
+from deqshield.readouts.base import readouts_logits
 from deqshield.solvers import Anderson, Picard
 
 
@@ -17,6 +18,20 @@ def model():
     torch.manual_seed(0)
     settings = ConvDEQSettings(channels=4, solver=Picard(max_iter=6, tol=0.0))
     return settings.build((1, 8, 8), 10).eval()
+
+
+@pytest.mark.parametrize("solver", [Picard(max_iter=6, tol=1e-2), Anderson(max_iter=6, tol=1e-3)],
+                         ids=lambda s: s.name)
+def test_readouts_sharing_one_solve_give_each_ones_own_logits(solver):
+    torch.manual_seed(0)
+    model = ConvDEQSettings(channels=4, solver=solver).build((1, 8, 8), 10).eval()
+    x = torch.rand(5, 1, 8, 8)
+    readouts = [Final(), Early(index=2), Ensemble(), EntropyReduction(steps=1)]
+    together = readouts_logits(model, readouts, x)
+    for readout, logits in zip(readouts, together):
+        assert torch.equal(logits, readout.logits(model, x))
+    cnn = SmallCNNSettings(channels=(4,)).build((1, 8, 8), 10).eval()
+    assert torch.equal(readouts_logits(cnn, [Final(), Final()], x)[1], Final().logits(cnn, x))
 
 
 def test_readouts_read_the_right_states(model):

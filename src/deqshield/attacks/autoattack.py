@@ -95,7 +95,8 @@ class AutoAttackBridge:
 
     def run(self, model: Classifier, path: GradientPath, x: Tensor, y: Tensor, *,
             defenses: Sequence[Readout] = (), start: Optional[Tensor] = None,
-            generator: Optional[torch.Generator] = None) -> AttackResult:
+            generator: Optional[torch.Generator] = None,
+            pending: Optional[Tensor] = None) -> AttackResult:
         """AutoAttack against each defense's prediction (``Final`` without defenses) with
         ``path``'s gradient; ``x_adv`` is the run against the first. AutoAttack keeps the best
         example over its iterates and restarts itself; each defense then scores its own."""
@@ -103,12 +104,15 @@ class AutoAttackBridge:
         check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         targets = tuple(defenses) or (Final(),)
-        board = Scoreboard(model, defenses, x, y)
+        board = Scoreboard(model, defenses, x, y, pending)
         runs, findings = [], []
-        for readout in targets:
-            x_adv, found = self._attack(model, readout, path, x, y)
+        for d, readout in enumerate(targets):
+            rows = board.pending(d) if defenses else torch.ones_like(y, dtype=torch.bool)
+            x_adv = x.clone()
+            if rows.any():
+                x_adv[rows], found = self._attack(model, readout, path, x[rows], y[rows])
+                findings.extend(f for f in found if f not in findings)
             runs.append(x_adv)
-            findings.extend(f for f in found if f not in findings)
         for d, x_adv in enumerate(runs[:len(defenses)]):
             board.score_one(d, x_adv)
         everyone = torch.arange(len(y), device=y.device)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from deqshield.paths.base import GradientPath
-from deqshield.readouts.base import Readout, predicted_classes
+from deqshield.readouts.base import Readout, predicted_classes, readouts_logits
 from deqshield.threat import check_perturbation
 
 
@@ -92,7 +92,11 @@ class Attack(Protocol):
 
     def run(self, model: nn.Module, path: GradientPath, x: Tensor, y: Tensor, *,
             defenses: Sequence[Readout] = (), start: Optional[Tensor] = None,
-            generator: Optional[torch.Generator] = None) -> AttackResult:
+            generator: Optional[torch.Generator] = None,
+            pending: Optional[Tensor] = None) -> AttackResult:
+        """Attack (x, y) against ``defenses``; ``pending`` (D, B) bool, default all: the
+        (defense, sample) pairs that still need attacking (the others are neither scored nor
+        attacked, and come back unbroken)."""
         ...
 
 
@@ -103,34 +107,51 @@ class Scoreboard:
     samples of the batch); samples that every defense already misclassified can be dropped
     from the attack (:meth:`alive`)."""
 
-    def __init__(self, model: nn.Module, defenses: Sequence[Readout], x: Tensor, y: Tensor):
+    def __init__(self, model: nn.Module, defenses: Sequence[Readout], x: Tensor, y: Tensor,
+                 pending: Optional[Tensor] = None):
         self.model, self.defenses, self.y = model, tuple(defenses), y
         self.broken = torch.zeros(len(self.defenses), len(y), dtype=torch.bool, device=y.device)
+        self.done = self.broken.clone() if pending is None else ~pending.to(y.device)
+        """(D, B): (d, b) needs no more scoring (broken here, or not pending)."""
         self.witnesses = x.detach().unsqueeze(0).repeat(len(self.defenses), *[1] * x.dim())
 
     def score(self, x_adv: Tensor, index: Tensor) -> None:
-        """Score ``x_adv`` (the examples of the samples ``index``) with every defense."""
-        for d in range(len(self.defenses)):
-            self.score_one(d, x_adv, index)
+        """Score ``x_adv`` (the examples of the samples ``index``) with every defense; the
+        trajectory defenses read one solve of the examples some defense has not lost yet."""
+        fresh = ~self.done[:, index].all(dim=0)
+        if not fresh.any():
+            return
+        candidates, rows = x_adv[fresh], index[fresh]
+        for d, logits in enumerate(readouts_logits(self.model, self.defenses, candidates)):
+            wrong = (predicted_classes(logits) != self.y[rows]) & ~self.done[d, rows]
+            self._hit(d, rows[wrong], candidates[wrong])
 
     def score_one(self, d: int, x_adv: Tensor, index: Optional[Tensor] = None) -> None:
         """Score ``x_adv`` (of the samples ``index``; None: all) with defense ``d``."""
         index = torch.arange(len(self.y), device=self.y.device) if index is None else index
-        fresh = ~self.broken[d, index]
+        fresh = ~self.done[d, index]
         if not fresh.any():
             return
         candidates = x_adv[fresh]
         logits = self.defenses[d].logits(self.model, candidates)
         wrong = predicted_classes(logits) != self.y[index[fresh]]
-        hit = index[fresh][wrong]
-        self.witnesses[d, hit] = candidates[wrong].detach()
-        self.broken[d, hit] = True
+        self._hit(d, index[fresh][wrong], candidates[wrong])
+
+    def _hit(self, d: int, samples: Tensor, examples: Tensor) -> None:
+        """Defense ``d`` misclassifies ``examples`` of ``samples``: broken, with witnesses."""
+        self.witnesses[d, samples] = examples.detach()
+        self.broken[d, samples] = True
+        self.done[d, samples] = True
+
+    def pending(self, d: int) -> Tensor:
+        """Samples defense ``d`` still needs attacked (not broken, not excluded)."""
+        return ~self.done[d]
 
     def alive(self) -> Tensor:
-        """Samples some defense still classifies correctly (all, without defenses)."""
+        """Samples some defense still needs attacked (all, without defenses)."""
         if not self.defenses:
             return torch.ones_like(self.y, dtype=torch.bool)
-        return ~self.broken.all(dim=0)
+        return ~self.done.all(dim=0)
 
     def result(self, x_adv: Tensor, findings: tuple[str, ...] = (),
                unbroken: Optional[Tensor] = None) -> AttackResult:

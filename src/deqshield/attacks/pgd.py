@@ -86,7 +86,8 @@ class PGD:
 
     def run(self, model: nn.Module, path: GradientPath, x: Tensor, y: Tensor, *,
             defenses: Sequence[Readout] = (), start: Optional[Tensor] = None,
-            generator: Optional[torch.Generator] = None) -> AttackResult:
+            generator: Optional[torch.Generator] = None,
+            pending: Optional[Tensor] = None) -> AttackResult:
         """Attack (x, y) along ``path``, scoring every iterate with ``defenses``. ``start``:
         this batch's rows of :meth:`starts` (drawn here from ``generator`` if None). Without
         defenses, restarts cannot be compared and ``x_adv`` is the last restart's."""
@@ -95,7 +96,7 @@ class PGD:
             check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         starts = start if start is not None else self.starts(x, generator)
-        board = Scoreboard(model, defenses, x, y)
+        board = Scoreboard(model, defenses, x, y, pending)
         x_adv = x.clone()
         for restart in range(self.restarts):
             index = board.alive().nonzero().squeeze(1)

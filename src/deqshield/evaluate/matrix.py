@@ -4,8 +4,10 @@ Each attack targets the defense's own prediction: PGD's iterates are scored by e
 (best iterate over iterates and restarts; one PGD run serves all defenses, since its iterates
 depend only on the gradient path), and AutoAttack runs on the straight-through model of each
 defense (value of the readout, gradient of the attack's path). Only samples a defense
-classifies correctly count as attacked for it. With ``early_exit`` a column attacks only the
-samples that some defense has not lost yet, so strong attacks first make the weak ones cheap.
+classifies correctly count as attacked for it. With ``early_exit`` a column attacks, for each
+defense, only the samples it has not lost yet (one PGD run serves every defense that still
+needs a sample; AutoAttack runs against a defense only on its own), so strong attacks first
+make the weak ones cheap.
 Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
 for every sample, not per batch (each column from its own seed), so an early-exit run gives
 the same per-sample verdicts as the
@@ -107,15 +109,14 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
                desc="evaluate", unit="sample")
     for column, spec in zip(columns, attacks):
         bar.set_postfix_str(column)
-        needed = (alive if early_exit else clean).any(dim=0)
+        pending = (alive if early_exit else clean) & shard.owns(len(y_all))
         broken, unconverged, findings = _run_column(model, defenses, spec, x_all, y_all,
-                                                    needed & shard.owns(len(y_all)),
-                                                    batch_size, seed, bar.update)
+                                                    pending, batch_size, seed, bar.update)
         broken, unconverged = shard.merge(broken), shard.merge(unconverged)
         findings = shard.merge_lists(findings)
-        bar.update(len(y_all) - int((needed & shard.owns(len(y_all))).sum()))
+        bar.update(len(y_all) - int(pending.any(dim=0).sum()))
         for d, row in enumerate(rows):
-            attacked = needed & clean[d]
+            attacked = (alive[d] if early_exit else clean[d]).clone()
             verdict = as_verdict(~broken[d], attacked, clean[d])
             table.verdicts[row, column] = verdict
             table.findings[row, column] = findings
@@ -127,18 +128,19 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
 
 
 def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec,
-                x_all: Tensor, y_all: Tensor, needed: Tensor, batch_size: int, seed: int,
+                x_all: Tensor, y_all: Tensor, pending: Tensor, batch_size: int, seed: int,
                 tick) -> tuple[Tensor, Tensor, list[str]]:
-    """Attack the ``needed`` samples batch by batch against all defenses: (broken (D, N),
+    """Attack the ``pending`` (defense, sample) pairs (D, N), batch by batch: (broken (D, N),
     unconverged (D, N): the witness's forward solve does not converge, findings)."""
     starts = column_starts(spec, x_all, seed)
     broken = torch.zeros(len(defenses), len(y_all), dtype=torch.bool)
     unconverged = torch.zeros_like(broken)
     findings: list[str] = []
-    indices = needed.nonzero().squeeze(1)
+    indices = pending.any(dim=0).nonzero().squeeze(1)
     for part in indices.split(batch_size) if len(indices) else ():  # split() of [] gives [[]]
         result = spec.attack.run(model, spec.path, x_all[part], y_all[part], defenses=defenses,
-                                 start=None if starts is None else starts[:, part])
+                                 start=None if starts is None else starts[:, part],
+                                 pending=pending[:, part])
         broken[:, part] = result.broken
         unconverged[:, part] = witness_nonconverged(model, result)
         findings.extend(f for f in result.findings if f not in findings)

@@ -13,10 +13,11 @@ runs the model's solver and feeds the reader; a defense that produces its own tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from deqshield.convergence import check_convergence
 from deqshield.models import DEQClassifier
@@ -79,3 +80,31 @@ class StateReadout:
             if self.reads_equilibrium:
                 check_convergence(trajectory, f"readout {type(self).__name__}")
             return reader.logits()
+
+
+def readouts_logits(model: nn.Module, readouts: Sequence[Readout], x: Tensor) -> list[Tensor]:
+    """The logits of every readout for ``x``. On a DEQ the state readouts among them read one
+    forward solve together: each reader observes the same trajectory, the one it would have
+    had the solver run for it alone, so D trajectory defenses cost one solve instead of D.
+    Other readouts (the entropy defense runs its own trajectory; an explicit network has
+    none) compute theirs alone."""
+    shared = ([i for i, readout in enumerate(readouts) if isinstance(readout, StateReadout)]
+              if isinstance(model, DEQClassifier) else [])
+    if len(shared) < 2:
+        return [readout.logits(model, x) for readout in readouts]
+    steps = model.deq.solver.max_iter
+    readers = {i: readouts[i].reader(model, steps) for i in shared}  # type: ignore[union-attr]
+
+    def observe(step: SolverStep) -> None:
+        for reader in readers.values():
+            reader.observe(step)
+
+    check_range(x)
+    with torch.no_grad():
+        trajectory = model.trajectory(x, record_states=False, callback=observe)
+        checked = [readouts[i] for i in shared if readouts[i].reads_equilibrium]  # type: ignore
+        if checked:
+            check_convergence(trajectory, f"readout {type(checked[0]).__name__}")
+        logits = {i: reader.logits() for i, reader in readers.items()}
+    return [logits[i] if i in logits else readout.logits(model, x)
+            for i, readout in enumerate(readouts)]
