@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from conftest import tiny_conv_deq
-from deqshield.attacks import PGD, cross_entropy
+from deqshield.attacks import PGD, AutoAttackBridge, cross_entropy
 from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
 from deqshield.evaluate.screening import followed_paths, screen_attacks, strongest_paths
@@ -78,6 +78,22 @@ def test_restarts_break_a_superset_and_stay_in_the_ball():
                                                  generator=torch.Generator().manual_seed(3))
     assert (many.broken >= one.broken).all() and many.broken.sum() > one.broken.sum()
     assert ((many.witnesses - x).abs().amax() <= 0.2 + 1e-6).item()
+
+
+def test_pairs_that_are_not_pending_are_neither_scored_nor_attacked(monkeypatch):
+    model = MeanBand(0.55, 2.0)  # pushing up by 0.1 breaks every sample, for every defense
+    x, y = torch.full((3, 1, 2, 2), 0.5), torch.zeros(3, dtype=torch.long)
+    defenses = (Final(), Final())
+    pending = torch.tensor([[True, False, True], [False, False, True]])
+    pgd = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
+    result = pgd.run(model, Push(1.0), x, y, defenses=defenses, pending=pending)
+    assert result.broken.tolist() == pending.tolist()
+    attacked = []
+    monkeypatch.setattr(AutoAttackBridge, "_attack", lambda self, model, readout, path, x, y:
+                        (attacked.append(len(x)) or x + 0.1, []))
+    result = AutoAttackBridge(eps=0.1).run(model, Push(1.0), x, y, defenses=defenses,
+                                           pending=pending)
+    assert attacked == [2, 1] and result.broken.tolist() == pending.tolist()
 
 
 def test_full_unroll_is_autograd_through_n_iterations_from_z0():
