@@ -26,7 +26,7 @@ from deqshield.models import (MDEQ_LARGE, MDEQ_XL, ConvDEQSettings, DEQClassifie
                               MDEQSettings, ResNet18Settings, SmallCNNSettings)
 from deqshield.paths import (AdjointBroyden, EnsemblePath, EntropyBPDA, FinalState,
                              SimultaneousAdjoint, ThroughEntropyReduction, UnrolledEnsemble,
-                             UnrolledIntermediate)
+                             UnrolledIntermediate, UnrolledMean)
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
 from deqshield.smoothing import Serialized, Smoothing
 from deqshield.smoothing.run import smooth_run
@@ -48,7 +48,7 @@ __all__ = [
     "Final", "Early", "Ensemble", "EntropyReduction",
     "Implicit", "Phantom", "Backprop",
     "FinalState", "SimultaneousAdjoint", "AdjointBroyden", "UnrolledIntermediate",
-    "UnrolledEnsemble", "EnsemblePath", "ThroughEntropyReduction", "EntropyBPDA",
+    "UnrolledEnsemble", "UnrolledMean", "EnsemblePath", "ThroughEntropyReduction", "EntropyBPDA",
     # attacks
     "PGD", "AutoAttackBridge", "AttackResult",
     # the white-box protocol and its report
