@@ -98,8 +98,10 @@ class AutoAttackBridge:
             generator: Optional[torch.Generator] = None,
             pending: Optional[Tensor] = None) -> AttackResult:
         """AutoAttack against each defense's prediction (``Final`` without defenses) with
-        ``path``'s gradient; ``x_adv`` is the run against the first. AutoAttack keeps the best
-        example over its iterates and restarts itself; each defense then scores its own."""
+        ``path``'s gradient, each on the samples ``pending`` for that defense; ``x_adv`` is the
+        run against the first. AutoAttack keeps the best example over its iterates and restarts
+        itself; every defense then scores every run, and a defense no run breaks keeps its own
+        run's example as witness."""
         check_range(x, BOUNDS)
         check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
@@ -113,8 +115,6 @@ class AutoAttackBridge:
                 x_adv[rows], found = self._attack(model, readout, path, x[rows], y[rows])
                 findings.extend(f for f in found if f not in findings)
             runs.append(x_adv)
-        for d, x_adv in enumerate(runs[:len(defenses)]):
-            board.score_one(d, x_adv)
         everyone = torch.arange(len(y), device=y.device)
         for x_adv in runs[:len(defenses)]:  # an example crafted against one defense may
             board.score(x_adv, everyone)    # break another: kept, as PGD's iterates are

@@ -104,8 +104,8 @@ class Scoreboard:
     """Per defense and sample: broken yet, and the first example that broke it.
 
     :meth:`score` is called with every example an attack evaluates (``index`` selects the
-    samples of the batch); samples that every defense already misclassified can be dropped
-    from the attack (:meth:`alive`)."""
+    samples of the batch); samples that every defense already misclassified, or that no
+    defense needs (``pending``), can be dropped from the attack (:meth:`alive`)."""
 
     def __init__(self, model: nn.Module, defenses: Sequence[Readout], x: Tensor, y: Tensor,
                  pending: Optional[Tensor] = None):
@@ -125,17 +125,6 @@ class Scoreboard:
         for d, logits in enumerate(readouts_logits(self.model, self.defenses, candidates)):
             wrong = (predicted_classes(logits) != self.y[rows]) & ~self.done[d, rows]
             self._hit(d, rows[wrong], candidates[wrong])
-
-    def score_one(self, d: int, x_adv: Tensor, index: Optional[Tensor] = None) -> None:
-        """Score ``x_adv`` (of the samples ``index``; None: all) with defense ``d``."""
-        index = torch.arange(len(self.y), device=self.y.device) if index is None else index
-        fresh = ~self.done[d, index]
-        if not fresh.any():
-            return
-        candidates = x_adv[fresh]
-        logits = self.defenses[d].logits(self.model, candidates)
-        wrong = predicted_classes(logits) != self.y[index[fresh]]
-        self._hit(d, index[fresh][wrong], candidates[wrong])
 
     def _hit(self, d: int, samples: Tensor, examples: Tensor) -> None:
         """Defense ``d`` misclassifies ``examples`` of ``samples``: broken, with witnesses."""

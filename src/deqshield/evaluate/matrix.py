@@ -10,8 +10,8 @@ needs a sample; AutoAttack runs against a defense only on its own), so strong at
 make the weak ones cheap.
 Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
 for every sample, not per batch (each column from its own seed), so an early-exit run gives
-the same per-sample verdicts as the
-exhaustive one; AutoAttack draws its own randomness per batch (equal in distribution).
+the same per-sample verdicts as the exhaustive one; AutoAttack draws its own randomness per
+batch (equal in distribution).
 Under ``torchrun`` each process attacks its shard of the samples
 (:mod:`deqshield.evaluate.sharding`) and every column's outcomes are merged.
 """
