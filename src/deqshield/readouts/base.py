@@ -73,38 +73,38 @@ class StateReadout:
         raise NotImplementedError
 
     def logits(self, model: DEQClassifier, x: Tensor) -> Tensor:
-        reader = self.reader(model, model.deq.solver.max_iter)
-        check_range(x)
-        with torch.no_grad():
-            trajectory = model.trajectory(x, record_states=False, callback=reader.observe)
-            if self.reads_equilibrium:
-                check_convergence(trajectory, f"readout {type(self).__name__}")
-            return reader.logits()
+        return read_one_solve(model, [self], x)[0]
 
 
-def readouts_logits(model: nn.Module, readouts: Sequence[Readout], x: Tensor) -> list[Tensor]:
-    """The logits of every readout for ``x``. On a DEQ the state readouts among them read one
-    forward solve together: each reader observes the same trajectory, the one it would have
-    had the solver run for it alone, so D trajectory defenses cost one solve instead of D.
-    Other readouts (the entropy defense runs its own trajectory; an explicit network has
-    none) compute theirs alone."""
-    shared = ([i for i, readout in enumerate(readouts) if isinstance(readout, StateReadout)]
-              if isinstance(model, DEQClassifier) else [])
-    if len(shared) < 2:
-        return [readout.logits(model, x) for readout in readouts]
-    steps = model.deq.solver.max_iter
-    readers = {i: readouts[i].reader(model, steps) for i in shared}  # type: ignore[union-attr]
+def read_one_solve(model: DEQClassifier, readouts: Sequence[StateReadout],
+                   x: Tensor) -> list[Tensor]:
+    """The logits of ``readouts`` from one forward solve of x that all their readers observe;
+    the non-convergence policy applies once if any of them ``reads_equilibrium``."""
+    readers = [readout.reader(model, model.deq.solver.max_iter) for readout in readouts]
 
     def observe(step: SolverStep) -> None:
-        for reader in readers.values():
+        for reader in readers:
             reader.observe(step)
 
     check_range(x)
     with torch.no_grad():
         trajectory = model.trajectory(x, record_states=False, callback=observe)
-        checked = [readouts[i] for i in shared if readouts[i].reads_equilibrium]  # type: ignore
+        checked = [readout for readout in readouts if readout.reads_equilibrium]
         if checked:
             check_convergence(trajectory, f"readout {type(checked[0]).__name__}")
-        logits = {i: reader.logits() for i, reader in readers.items()}
-    return [logits[i] if i in logits else readout.logits(model, x)
+        return [reader.logits() for reader in readers]
+
+
+def readouts_logits(model: nn.Module, readouts: Sequence[Readout], x: Tensor) -> list[Tensor]:
+    """The logits of every readout for ``x``. On a DEQ the state readouts among them read one
+    forward solve together (:func:`read_one_solve`): each reader observes the same trajectory,
+    the one it would have had the solver run for it alone, so D trajectory defenses cost one
+    solve instead of D. Other readouts (the entropy defense runs its own trajectory; an
+    explicit network has none) compute theirs alone."""
+    shared = ([i for i, readout in enumerate(readouts) if isinstance(readout, StateReadout)]
+              if isinstance(model, DEQClassifier) else [])
+    if len(shared) < 2:
+        return [readout.logits(model, x) for readout in readouts]
+    together = dict(zip(shared, read_one_solve(model, [readouts[i] for i in shared], x)))
+    return [together[i] if i in together else readout.logits(model, x)  # type: ignore[arg-type]
             for i, readout in enumerate(readouts)]
