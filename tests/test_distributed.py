@@ -71,3 +71,29 @@ def test_two_gloo_processes_evaluate_like_one(tmp_path):
                 for name in ("one", "two"))
     assert one["per_sample"] == two["per_sample"]
     assert one["aggregate"] == two["aggregate"]
+
+
+def test_two_gloo_processes_smooth_like_one(tmp_path):
+    """torchrun splits the images of a smoothing certification; smoothing.json's records equal
+    one process's (each image's noise is seeded by its index)."""
+    from deqshield.cli import main
+    from deqshield.io.config import parse_config
+    from deqshield.training.run import train
+
+    run = tmp_path / "run"
+    train(parse_config(EVAL_CONFIG), run, progress=False)
+    options = ["--sigma", "0.25", "--draws", "100", "--n0", "10", "--batch", "100", "--limit", "5",
+               "--alpha", "0.01", "--quiet"]
+    assert main(["smooth", str(run), "--out", str(tmp_path / "one"), *options]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "deqshield", "smooth", str(run),
+               "--out", str(tmp_path / "two"), *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "smoothing.json").read_text())
+                for name in ("one", "two"))
+    assert one["records"] == two["records"]
+    assert one["certified_accuracy"] == two["certified_accuracy"]
+    assert not list((tmp_path / "two").glob("smoothing-records-*"))

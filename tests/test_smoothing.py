@@ -307,3 +307,58 @@ def test_smooth_command_writes_json_and_plot(noise_run, tmp_path):
     assert (tmp_path / "plain" / "smoothing.png").stat().st_size > 0
     assert main(["smooth", str(noise_run), "--sigma", "-1", "--limit", "1"]) == 2
     assert main(["smooth", str(noise_run), "--sigma", "1", "--readout", "late"]) == 2
+
+
+SMOOTH_OPTIONS = ["--sigma", "0.25", "--n", "200", "--n0", "20", "--batch", "100", "--limit", "4",
+                  "--alpha", "0.01", "--seed", "3", "--quiet"]
+
+
+def test_an_interrupted_certification_resumes_to_the_same_records(noise_run, tmp_path,
+                                                                     monkeypatch):
+    """Each finished image is kept at once; --resume certifies only the missing ones, and the
+    result equals an uninterrupted run's (per-image noise seeds)."""
+    import deqshield.smoothing.report as report
+
+    whole_dir = tmp_path / "whole"
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(whole_dir)]) == 0
+    whole = json.loads((whole_dir / "smoothing.json").read_text())
+    calls = []
+    real_certify = report.certify
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_certify(*args, **kwargs)
+
+    monkeypatch.setattr(report, "certify", interrupted)
+    out = tmp_path / "cut"
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 130
+    assert not (out / "smoothing.json").exists()
+    partial = out / "smoothing-records-0.jsonl"
+    assert len(partial.read_text().splitlines()) == 3  # the header and two images
+    with partial.open("a") as file:
+        file.write('{"index": 3, "torn')  # a line cut short by the crash is redone
+    monkeypatch.setattr(report, "certify", real_certify)
+    # partial records are never silently overwritten or ignored
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 2
+    other = [*SMOOTH_OPTIONS[:-2], "4", "--quiet"]  # another seed: another job
+    assert main(["smooth", str(noise_run), *other, "--resume", "--out", str(out)]) == 2
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--resume", "--out", str(out)]) == 0
+    resumed = json.loads((out / "smoothing.json").read_text())
+    assert resumed["resumed"] == 2
+    assert resumed["records"] == whole["records"]
+    assert resumed["certified_accuracy"] == whole["certified_accuracy"]
+    assert not list(out.glob("smoothing-records-*"))
+
+
+def test_an_image_certificate_does_not_depend_on_the_other_images(noise_run):
+    from deqshield.io.runs import load_run
+    from deqshield.smoothing import certify_samples
+
+    loaded = load_run(noise_run)
+    settings = Smoothing(sigma=0.25, n0=20, n=200, alpha=0.01, batch=100)
+    images, labels = loaded.test.images[:3], loaded.test.labels[:3]
+    forward = certify_samples(loaded.model, images, labels, settings, seed=5)
+    backward = certify_samples(loaded.model, images, labels, settings, seed=5, indices=[2, 0])
+    assert backward == [forward[2], forward[0]]

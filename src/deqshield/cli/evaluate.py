@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-
-import torch.distributed as dist
 
 from deqshield.cli.args import EVALUATE, check_options, prepare_output_dir
 from deqshield.evaluate.run import evaluate_run
-from deqshield.evaluate.sharding import current_shard
 from deqshield.evaluate.specs import Screening
 from deqshield.evaluate.standard import BUDGETS, AttackBudget
-from deqshield.readouts import EntropyReduction
 from deqshield.io.runs import output_dir, run_config
+from deqshield.readouts import EntropyReduction
+from deqshield.sharding import current_shard, sample_shards
 from deqshield.solvers import SOLVER_NAMES
-from deqshield.training.distributed import launched_by_torchrun
 from deqshield.validation import check_index
 
 
@@ -29,16 +25,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = output_dir(args.run_dir, args.out, "evaluation")
     if args.early_index is not None and hasattr(config.model, "solver"):
         check_index("--early-index", args.early_index, config.model.solver.max_iter)
-    distributed = launched_by_torchrun()
-    if not distributed or os.environ["RANK"] == "0":
-        prepare_output_dir(out, "--out", force=args.force)
-    if distributed:
-        dist.init_process_group("gloo")
-    try:
+    with sample_shards(lambda: prepare_output_dir(out, "--out", force=args.force)):
         return _evaluate_here(args)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
 
 
 def _budget(args: argparse.Namespace) -> AttackBudget:

@@ -1,17 +1,23 @@
-"""``deqshield smooth RUN``: a thin wrapper over :func:`deqshield.smoothing.run.smooth_run`."""
+"""``deqshield smooth RUN``: a thin wrapper over :func:`deqshield.smoothing.run.smooth_run`
+(resumable with ``--resume``; under ``torchrun`` each process certifies its share of the
+images)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from deqshield.cli.args import SMOOTH, check_options, prepare_output_dir
-from deqshield.errors import InputError
+from deqshield.cli.errors import INTERRUPTED
+from deqshield.errors import InputError, OutputError
 from deqshield.io.runs import output_dir, run_config
 from deqshield.readouts import Early, Ensemble, Final
+from deqshield.sharding import sample_shards
+from deqshield.smoothing.records import partial_files, remove_partial
 from deqshield.smoothing.report import WRITES
 from deqshield.smoothing.sampling import Serialized, Smoothing
 
@@ -28,6 +34,19 @@ def parse_readout(text: str) -> Final | Early | Ensemble:
     raise InputError(f"--readout must be final, early:I or ensemble, got {text!r}")
 
 
+def _prepare(out: Path, args: argparse.Namespace) -> None:
+    """Check the output folder: finished results need --force; partial records of an
+    interrupted run need --resume (kept) or --force (deleted)."""
+    prepare_output_dir(out, "--out", force=args.force, writes=WRITES)
+    partial = partial_files(out)
+    if partial and args.force:
+        remove_partial(out)
+    elif partial and not args.resume:
+        raise OutputError(f"--out {out} holds the partial records of an interrupted "
+                          "certification; pass --resume to continue it or --force to start "
+                          "over")
+
+
 def _smooth(args: argparse.Namespace) -> int:
     from deqshield.smoothing.run import smooth_run
 
@@ -41,10 +60,20 @@ def _smooth(args: argparse.Namespace) -> int:
     except ValidationError as error:
         raise InputError(f"invalid smoothing settings: {error}") from None
     run_config(args.run_dir)
-    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out", force=args.force,
-                             writes=WRITES)
-    results = smooth_run(args.run_dir, settings, out=out, limit=args.limit, seed=args.seed,
-                         data_dir=args.data_dir, progress=not args.quiet)
+    out = output_dir(args.run_dir, args.out)
+    with sample_shards(lambda: _prepare(out, args)) as shard:
+        try:
+            results = smooth_run(args.run_dir, settings, out=out, limit=args.limit,
+                                 seed=args.seed, data_dir=args.data_dir,
+                                 progress=not args.quiet, resume=args.resume)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print(f"deqshield: interrupted; the certified images are kept in {out}; continue "
+                  "with the same command and --resume", file=sys.stderr)
+            return INTERRUPTED
+    if not shard.is_main:
+        return 0
     accuracy = results["certified_accuracy"]
     cells = results["mean_cell_evaluations"]
     print("certified accuracy " + "  ".join(f"r={r}: {100 * a:.1f}%"
@@ -62,7 +91,9 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, metavar="RUN",
                         help="run directory written by deqshield train, or zoo:NAME")
     parser.add_argument("--sigma", type=float, required=True, help="noise level sigma")
-    parser.add_argument("--n", type=int, default=10_000, help="estimation draws (10000)")
+    parser.add_argument("--n", "--draws", dest="n", type=int, default=10_000,
+                        help="estimation draws (10000); spell it --draws under torchrun, "
+                             "whose own options make --n ambiguous")
     parser.add_argument("--n0", type=int, default=100, help="selection draws (100)")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     parser.add_argument("--batch", type=int, default=1000, help="draws per forward pass")
@@ -80,6 +111,8 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
                         help="overwrite smoothing.json / smoothing.png already in the folder")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted certification in the same folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_smooth)
     return parser

@@ -13,7 +13,7 @@ for every sample, not per batch (each column from its own seed), so an early-exi
 the same per-sample verdicts as the exhaustive one; AutoAttack draws its own randomness per
 batch (equal in distribution).
 Under ``torchrun`` each process attacks its shard of the samples
-(:mod:`deqshield.evaluate.sharding`) and every column's outcomes are merged.
+(:mod:`deqshield.sharding`) and every column's outcomes are merged.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from deqshield.convergence import records_convergence
 from deqshield.attacks.base import AttackResult
 from deqshield.models import Classifier, DEQClassifier
-from deqshield.evaluate.sharding import Shard, current_shard
+from deqshield.sharding import Shard, current_shard
 from deqshield.evaluate.specs import AttackSpec, defense_label
 from deqshield.evaluate.verdicts import SURVIVED, VerdictTable, as_verdict
 from deqshield.readouts.base import Readout, predicted_classes

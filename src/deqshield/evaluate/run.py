@@ -12,7 +12,7 @@
 4. ``results.json``, ``report.md`` and PNG plots in the output folder.
 
 Under ``torchrun`` every process evaluates its shard of the test samples and holds the merged
-table (:mod:`deqshield.evaluate.sharding`); only rank 0 writes.
+table (:mod:`deqshield.sharding`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from deqshield.evaluate.plots import plot_matrix, plot_per_state
 from deqshield.evaluate.protocol import run_protocol
 from deqshield.evaluate.report import write_report, write_results
 from deqshield.evaluate.selection import select_early_index
-from deqshield.evaluate.sharding import current_shard
+from deqshield.sharding import current_shard
 from deqshield.evaluate.specs import AttackSpec, Screening
 from deqshield.evaluate.standard import (
     AttackBudget,

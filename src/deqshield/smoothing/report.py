@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deqshield.io.atomic import replace_atomically
 from deqshield.settings import settings_dict
+from deqshield.smoothing.records import image_generator
 from deqshield.smoothing.sampling import Smoothing
 from deqshield.smoothing.smoothed import certify
 
@@ -30,20 +30,28 @@ WRITES = ("smoothing.json", "smoothing.png")
 
 
 def certify_samples(model: nn.Module, images: Tensor, labels: Tensor, settings: Smoothing,
-                    seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
-    """CERTIFY each image (one noise generator seeded with ``seed`` for the whole set); one
-    record per sample with the answer, radius, bound, counts and cell evaluations. With
+                    seed: int = 0, progress: bool = False, *,
+                    indices: Optional[Sequence[int]] = None,
+                    on_record: Optional[Callable[[dict[str, Any]], None]] = None,
+                    ) -> list[dict[str, Any]]:
+    """CERTIFY the images at ``indices`` (default: all), image i with the noise generator of
+    :func:`~deqshield.smoothing.records.image_generator` (``seed``, i), so its record does not
+    depend on the other images; one record per image with the answer, radius, bound, counts
+    and cell evaluations, also passed to ``on_record`` as soon as it is made. With
     ``progress``, a progress bar over the images (with its ETA)."""
-    generator = torch.Generator().manual_seed(seed)
+    chosen = range(images.shape[0]) if indices is None else indices
     records = []
-    for index in tqdm(range(images.shape[0]), desc="smooth", unit="image", disable=not progress):
-        certificate = certify(model, images[index:index + 1], settings, generator)
+    for index in tqdm(chosen, desc="smooth", unit="image", disable=not progress):
+        certificate = certify(model, images[index:index + 1], settings,
+                              image_generator(seed, index))
         label = int(labels[index])
-        records.append({"index": index, "label": label, "prediction": certificate.prediction,
-                        "correct": certificate.prediction == label,
-                        "radius": certificate.radius,
-                        "cell_evaluations": certificate.cell_evaluations,
-                        **dataclasses.asdict(certificate.bound)})
+        record = {"index": index, "label": label, "prediction": certificate.prediction,
+                  "correct": certificate.prediction == label, "radius": certificate.radius,
+                  "cell_evaluations": certificate.cell_evaluations,
+                  **dataclasses.asdict(certificate.bound)}
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
     return records
 
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from deqshield.data import ArrayDataset
+from deqshield.sharding import launched_by_torchrun
 from deqshield.validation import check_device
 
 
@@ -49,11 +50,6 @@ class Context:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
-
-
-def launched_by_torchrun() -> bool:
-    """True when the environment describes a multi-process ``torchrun`` launch."""
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def setup(device: Optional[str] = None) -> Context:
