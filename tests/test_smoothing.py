@@ -362,3 +362,27 @@ def test_an_image_certificate_does_not_depend_on_the_other_images(noise_run):
     forward = certify_samples(loaded.model, images, labels, settings, seed=5)
     backward = certify_samples(loaded.model, images, labels, settings, seed=5, indices=[2, 0])
     assert backward == [forward[2], forward[0]]
+
+
+def test_unconverged_draws_are_counted_once_per_image_not_warned_per_batch():
+    """Thousands of noisy solves must not print thousands of warnings: each record counts
+    the draws f left above the policy's limit, and the summary adds them up."""
+    import warnings
+
+    from deqshield.errors import NonConvergenceWarning
+    from deqshield.smoothing import certify_samples, summarize
+
+    settings = Smoothing(sigma=1.0, n0=10, n=40, alpha=0.01, batch=20)
+    images, labels = torch.randn(2, 5), torch.tensor([0, 1])
+    budgeted = contractive_deq(Picard(max_iter=1, tol=1e-9))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = certify_samples(budgeted, images, labels, settings)
+    assert not [w for w in caught if issubclass(w.category, NonConvergenceWarning)]
+    assert [r["unconverged_draws"] for r in records] == [50, 50]
+    assert summarize(records, settings, 0)["unconverged_draws"] == 100
+    converged = certify_samples(contractive_deq(Picard(max_iter=80, tol=1e-7)), images,
+                                labels, settings)
+    assert [r["unconverged_draws"] for r in converged] == [0, 0]
+    with pytest.warns(NonConvergenceWarning):  # outside smoothing the policy still warns
+        base_predictions(budgeted, settings.readout, images)

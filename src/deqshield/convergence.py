@@ -13,7 +13,9 @@ leaves room for a solver that stops a little above its tolerance. Not checked:
   entropy-reduction defense, whose regulated trajectory changes the input between segments.
 
 The white-box protocol records the non-converged fraction of every cell itself (its
-``nonconverged`` flag) and silences the warning while it runs (:func:`records_convergence`). The policy is process-wide::
+``nonconverged`` flag) and silences the warning while it runs (:func:`records_convergence`);
+randomized smoothing, which solves thousands of noisy copies per image, counts them instead
+(:func:`convergence_tally`) and reports the count once. The policy is process-wide::
 
     from deqshield.convergence import (ConvergencePolicy, convergence_policy,
                                        set_convergence_policy)
@@ -24,6 +26,7 @@ The white-box protocol records the non-converged fraction of every cell itself (
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Iterator
@@ -82,6 +85,31 @@ def records_convergence(function: F) -> F:
     return quiet  # type: ignore[return-value]
 
 
+@dataclasses.dataclass
+class Tally:
+    """Samples checked and found above the limit inside :func:`convergence_tally`, and the
+    largest final residual among them."""
+
+    samples: int = 0
+    unconverged: int = 0
+    worst: float = 0.0
+
+
+_tallies: list[Tally] = []
+
+
+@contextmanager
+def convergence_tally() -> Iterator[Tally]:
+    """Inside the block, solves that the policy would warn about are counted in the yielded
+    :class:`Tally` instead (the caller reports it); ``action="raise"`` still raises."""
+    tally = Tally()
+    _tallies.append(tally)
+    try:
+        yield tally
+    finally:
+        _tallies.remove(tally)
+
+
 def check_convergence(trajectory: Trajectory, what: str) -> None:
     """Apply the policy to a finished solve; ``what`` names the caller in the message."""
     policy = get_convergence_policy()
@@ -90,9 +118,14 @@ def check_convergence(trajectory: Trajectory, what: str) -> None:
     residual = trajectory.final_residual
     limit = policy.factor * trajectory.tol
     above = residual > limit  # NaN (not evaluated) compares False
-    if not bool(above.any()):
-        return
     worst = float(torch.nan_to_num(residual, nan=0.0).max())
+    if _tallies:
+        tally = _tallies[-1]
+        tally.samples += residual.numel()
+        tally.unconverged += int(above.sum())
+        tally.worst = max(tally.worst, worst) if bool(above.any()) else tally.worst
+    if not bool(above.any()) or (_tallies and policy.action == "warn"):
+        return
     message = (f"{what}: {int(above.sum())} of {residual.numel()} samples did not converge "
                f"(final {trajectory.stop_mode} residual up to {worst:.3g} > {policy.factor:g} x "
                f"tol {trajectory.tol:g}); the prediction depends on the iteration budget. More "

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from deqshield.cli.args import SMOOTH, check_options, prepare_output_dir
 from deqshield.cli.errors import INTERRUPTED
+from deqshield.convergence import get_convergence_policy
 from deqshield.errors import InputError, OutputError
 from deqshield.io.runs import output_dir, run_config
 from deqshield.readouts import Early, Ensemble, Final
@@ -80,6 +81,10 @@ def _smooth(args: argparse.Namespace) -> int:
                                             for r, a in accuracy.items())
           + (f"; {cells:.0f} cell evaluations per image" if cells is not None else "")
           + f"; report in {out}")
+    if results["unconverged_draws"]:
+        factor = get_convergence_policy().factor
+        print(f"note: {results['unconverged_draws']} noise draws stopped above {factor:g} x the "
+              "solver's tolerance; the certificate is for the model's budgeted solve as it is")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deqshield.convergence import convergence_tally
 from deqshield.io.atomic import replace_atomically
 from deqshield.settings import settings_dict
 from deqshield.smoothing.records import image_generator
@@ -36,18 +37,22 @@ def certify_samples(model: nn.Module, images: Tensor, labels: Tensor, settings: 
                     ) -> list[dict[str, Any]]:
     """CERTIFY the images at ``indices`` (default: all), image i with the noise generator of
     :func:`~deqshield.smoothing.records.image_generator` (``seed``, i), so its record does not
-    depend on the other images; one record per image with the answer, radius, bound, counts
-    and cell evaluations, also passed to ``on_record`` as soon as it is made. With
+    depend on the other images; one record per image with the answer, radius, bound, counts,
+    cell evaluations and ``unconverged_draws`` (draws solved by f whose final residual the
+    convergence policy flags; f is then the budgeted solve, which the certificate covers as it
+    is), also passed to ``on_record`` as soon as it is made. With
     ``progress``, a progress bar over the images (with its ETA)."""
     chosen = range(images.shape[0]) if indices is None else indices
     records = []
     for index in tqdm(chosen, desc="smooth", unit="image", disable=not progress):
-        certificate = certify(model, images[index:index + 1], settings,
-                              image_generator(seed, index))
+        with convergence_tally() as tally:
+            certificate = certify(model, images[index:index + 1], settings,
+                                  image_generator(seed, index))
         label = int(labels[index])
         record = {"index": index, "label": label, "prediction": certificate.prediction,
                   "correct": certificate.prediction == label, "radius": certificate.radius,
                   "cell_evaluations": certificate.cell_evaluations,
+                  "unconverged_draws": tally.unconverged,
                   **dataclasses.asdict(certificate.bound)}
         records.append(record)
         if on_record is not None:
@@ -78,6 +83,7 @@ def summarize(records: Sequence[dict[str, Any]], settings: Smoothing, seed: int,
         "curve": {"radius": grid, "certified_accuracy": [certified_accuracy(records, r)
                                                          for r in grid]},
         "mean_cell_evaluations": sum(cells) / len(cells) if cells else None,
+        "unconverged_draws": sum(r.get("unconverged_draws", 0) for r in records),
         "records": list(records),
     }
 
