@@ -40,6 +40,7 @@ from deqshield.data import ArrayDataset
 from deqshield.errors import InputError
 from deqshield.paths import FinalState
 from deqshield.readouts import Final
+from deqshield.sharding import current_shard
 from deqshield.io.runs import RunPath, load_run, output_dir, run_config
 from deqshield.training.objectives import Certified
 from deqshield.validation import INPUT_RANGE, check_eps, check_number
@@ -57,7 +58,9 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
     """Evaluate the run in ``run_dir`` (or ``zoo:NAME``) and write :data:`WRITES`
     (``certify.json``, ``certify.md``, ``bound_growth.png``) into ``out`` (default:
     ``run_dir``); returns the JSON content. ``eps`` defaults to the certified objective's
-    target; ``progress`` shows a progress bar over the samples."""
+    target; ``progress`` shows a progress bar over the samples. Under ``torchrun`` each
+    process certifies its share of the samples and only rank 0 draws the bound-growth curve
+    and writes."""
     out_dir = output_dir(run_dir, out)
     config = run_config(run_dir)
     objective = config.train.objective
@@ -94,10 +97,12 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
         "abstained_clean": counts["abstained"],
         "certified_broken_by_pgd": counts["broken"],
         "contractions": model.contractions() if isinstance(model, CerDEQ) else [],
-        "bound_growth": bound_growth(model, data.images[:curve_samples],
-                                     eps, clip, curve_iterations),
         "per_sample": samples,
     }
+    if not current_shard().is_main:
+        return results
+    results["bound_growth"] = bound_growth(model, data.images[:curve_samples], eps, clip,
+                                           curve_iterations)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_file, markdown_file, plot_file = WRITES
     replace_atomically(out_dir / json_file, json.dumps(results, indent=2) + "\n")
@@ -107,41 +112,48 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
     return results
 
 
+COUNTED = ("clean", "pgd", "certified", "abstained", "broken")
+"""The per-sample flags :func:`evaluate_certified` counts."""
+
+
 def evaluate_certified(model: CertifiableClassifier, data: ArrayDataset, eps: float,
                        clip: Optional[tuple[float, float]], attack: PGD, batch_size: int,
                        seed: int, progress: bool = False
                        ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Counts over ``data`` (samples, clean / PGD / certified correct, clean abstentions, and
     certified samples whose PGD example gets another, non-abstained, label) and the per-sample
-    records (clean, pgd, certified, the certified margin min_j (logit_y - logit_j) lower
-    bound). PGD keeps the first misclassified example over its iterates and restarts."""
-    generator = torch.Generator().manual_seed(seed)
-    counts = dict.fromkeys(("samples", "clean", "pgd", "certified", "abstained", "broken"), 0)
+    records (those flags and the certified margin min_j (logit_y - logit_j) lower bound). PGD
+    keeps the first misclassified example over its iterates and restarts; its random starts
+    are drawn for the whole set from ``seed`` before the work is split, so under ``torchrun``
+    (:mod:`deqshield.sharding`: each process its share of the samples, records merged) every
+    sample gets the start one process would give it."""
+    shard = current_shard()
+    starts = attack.starts(data.images, torch.Generator().manual_seed(seed))
+    owned = torch.nonzero(shard.owns(len(data))).flatten()
     samples: list[dict[str, Any]] = []
-    bar = tqdm(total=len(data), desc="certify", unit="sample", disable=not progress)
-    for start in range(0, len(data), batch_size):
-        x = data.images[start:start + batch_size]
-        y = data.labels[start:start + batch_size]
+    bar = tqdm(total=len(owned), desc="certify", unit="sample",
+               disable=not (progress and shard.is_main))
+    for batch in owned.split(batch_size):
+        x, y = data.images[batch], data.labels[batch]
         with torch.no_grad():
             clean = model.predict(x)
         certified, margins = certify(model, x, y, eps, clip)
         witness = attack.run(model, FinalState(), x, y, defenses=(Final(),),
-                             generator=generator).witnesses[0]
+                             start=None if starts is None else starts[:, batch]).witnesses[0]
         with torch.no_grad():
             adversarial = model.predict(witness)
         broken = certified & (adversarial != y) & (adversarial != -1)
-        counts["samples"] += len(y)
-        counts["clean"] += int((clean == y).sum())
-        counts["abstained"] += int((clean == -1).sum())
-        counts["certified"] += int(certified.sum())
-        counts["pgd"] += int((adversarial == y).sum())
-        counts["broken"] += int(broken.sum())
         margin = margins.scatter(1, y[:, None], float("inf")).min(dim=1).values
-        samples += [{"index": start + i, "label": int(y[i]), "clean": bool(clean[i] == y[i]),
+        samples += [{"index": int(batch[i]), "label": int(y[i]),
+                     "clean": bool(clean[i] == y[i]), "abstained": bool(clean[i] == -1),
                      "pgd": bool(adversarial[i] == y[i]), "certified": bool(certified[i]),
-                     "certified_margin": float(margin[i])} for i in range(len(y))]
+                     "broken": bool(broken[i]), "certified_margin": float(margin[i])}
+                    for i in range(len(y))]
         bar.update(len(y))
     bar.close()
+    samples = sorted(shard.gather(samples), key=lambda record: record["index"])
+    counts = {"samples": len(samples),
+              **{flag: sum(record[flag] for record in samples) for flag in COUNTED}}
     return counts, samples
 
 

@@ -1,4 +1,5 @@
-"""``deqshield certify RUN``: a thin wrapper over :func:`deqshield.certify.run.certify_run`."""
+"""``deqshield certify RUN``: a thin wrapper over :func:`deqshield.certify.run.certify_run`
+(under ``torchrun`` each process certifies its share of the samples; rank 0 writes)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from typing import Any
 from deqshield.certify.run import WRITES, certify_run
 from deqshield.cli.args import CERTIFY, check_options, prepare_output_dir
 from deqshield.io.runs import output_dir, run_config
+from deqshield.sharding import sample_shards
 
 
 def _certify(args: argparse.Namespace) -> int:
     check_options(args, CERTIFY)
     run_config(args.run_dir)
-    out = prepare_output_dir(output_dir(args.run_dir, args.out), "--out", force=args.force,
-                             writes=WRITES)
-    results = certify_run(args.run_dir, out=out, limit=args.limit, eps=args.eps,
-                          pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                          batch_size=args.batch_size,
-                          data_dir=args.data_dir, seed=args.seed, progress=not args.quiet)
+    out = output_dir(args.run_dir, args.out)
+    with sample_shards(lambda: prepare_output_dir(out, "--out", force=args.force,
+                                                  writes=WRITES)) as shard:
+        results = certify_run(args.run_dir, out=out, limit=args.limit, eps=args.eps,
+                              pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                              batch_size=args.batch_size, data_dir=args.data_dir,
+                              seed=args.seed, progress=not args.quiet)
+    if not shard.is_main:
+        return 0
     accuracy = results["accuracy"]
     print(f"clean {100 * accuracy['clean']:.2f}%  PGD {100 * accuracy['pgd']:.2f}%  "
           f"certified {100 * accuracy['certified']:.2f}% at eps {results['eps']:g}; report in "
