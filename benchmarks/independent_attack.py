@@ -8,6 +8,7 @@ input), and implements its own sign-gradient ascent with random restarts, scorin
   ``max_iter``, and 2N), through the first k iterations (k = 1, 2) and through the first
   ``index`` iterations of every early readout among the defenses -- the logits of the
   unrolled state; the defenses are rebuilt from the settings ``results.json`` records;
+* for an explicit network (no ``deq``) the one surrogate is the network's own logits;
 * losses: cross-entropy and the Carlini-Wagner margin;
 * ``--restarts`` random starts each, ``--steps`` steps of size eps / 4 (and eps / 10).
 
@@ -35,6 +36,9 @@ from deqshield.io.runs import load_run
 
 
 def unrolled_logits(model, x: Tensor, depth: int) -> Tensor:
+    """The logits after ``depth`` plain iterations from z_0; an explicit network's logits."""
+    if not hasattr(model, "deq"):
+        return model(x)
     u = model.inject(x)
     z = model.deq.cell.initial_state(u)
     for _ in range(depth):
@@ -93,10 +97,11 @@ def main() -> None:
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
-    n = model.deq.solver.max_iter
     total = {name: torch.zeros(len(y), dtype=torch.bool) for name in readouts}
     early = {spec.index for spec in specs if isinstance(spec, Early)}
-    for depth in sorted({1, 2, n, 2 * n} | early):
+    n = model.deq.solver.max_iter if hasattr(model, "deq") else None
+    depths = sorted({1, 2, n, 2 * n} | early) if n is not None else [0]
+    for depth in depths:
         for loss in LOSSES:
             for step in (args.eps / 4, args.eps / 10):
                 found = attack(model, readouts, x, y, args.eps, depth, loss, step, args.steps,
