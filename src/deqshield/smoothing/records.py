@@ -57,13 +57,15 @@ def load_partial(folder: Path, header: dict[str, Any]) -> dict[int, dict[str, An
 
 
 class RecordLog:
-    """Appends this process's finished records to its partial file, durably, one per line."""
+    """Appends this process's finished records to its partial file, durably, one per line;
+    the file is started anew unless ``resume`` (its records were then read by
+    :func:`load_partial`, which checked its header)."""
 
-    def __init__(self, folder: Path, rank: int, header: dict[str, Any]):
+    def __init__(self, folder: Path, rank: int, header: dict[str, Any], resume: bool):
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / f"smoothing-records-{rank}.jsonl"
-        held = self.path.read_bytes() if self.path.exists() else b""
-        self.file = open(self.path, "a")
+        held = self.path.read_bytes() if resume and self.path.exists() else b""
+        self.file = open(self.path, "a" if held else "w")
         if not held:
             self._write(header)
         elif not held.endswith(b"\n"):  # a line torn by a crash stays on its own line

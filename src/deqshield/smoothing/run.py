@@ -39,7 +39,7 @@ def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] 
     mine = [index for index in range(count)
             if index % shard.world_size == shard.rank and index not in done]
     started = time.perf_counter()
-    log = RecordLog(folder, shard.rank, header)
+    log = RecordLog(folder, shard.rank, header, resume)
     try:
         fresh = certify_samples(loaded.model, loaded.test.images[:count],
                                 loaded.test.labels[:count], settings, seed,
