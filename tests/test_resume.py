@@ -6,7 +6,8 @@ import pytest
 
 from deqshield.io.config import parse_config
 from deqshield.errors import InputError
-from deqshield.training.run import train, weights_digest
+from deqshield.io.weights import weights_digest
+from deqshield.training.run import train
 
 ATTACK = {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 1}
 CONFIG = parse_config({

@@ -3,6 +3,7 @@ goes through: nothing is ever unpickled."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +14,16 @@ import torch
 from safetensors import SafetensorError
 
 from deqshield.errors import CheckpointError
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state dict (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def tensor_copies(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ Each image's noise comes from its own generator, seeded by (seed, image index)
 it or on what was certified before: a resumed or sharded run gives the records one
 uninterrupted process gives. While it runs, each process appends every finished record as one
 JSON line to ``smoothing-records-RANK.jsonl`` in the output folder (first line: the header that
-identifies the job, i.e. settings, seed, model, data); ``--resume`` reads every such file whose
-header matches and certifies only the images they lack. The files are removed once
+identifies the job by content: the run as named, the sha256 of the model's weights, the images,
+the settings and the seed); ``--resume`` reads every such file whose header matches and
+certifies only the images they lack, also on another machine or checkout. The files are removed once
 ``smoothing.json`` holds all records.
 """
 
@@ -45,8 +46,9 @@ def load_partial(folder: Path, header: dict[str, Any]) -> dict[int, dict[str, An
         if not lines:
             continue
         if json.loads(lines[0]) != json.loads(json.dumps(header)):
-            raise OutputError(f"{path} holds a certification with other settings, seed or "
-                              "model; pass --force to start over, or choose another folder")
+            raise OutputError(f"{path} holds a certification with other settings, seed, "
+                              "images or weights; pass --force to start over, or choose "
+                              "another folder")
         for line in lines[1:]:
             try:
                 record = json.loads(line)

@@ -12,6 +12,7 @@ import time
 from typing import Any, Optional
 
 from deqshield.io.runs import RunPath, load_run, output_dir
+from deqshield.io.weights import weights_digest
 from deqshield.settings import settings_dict
 from deqshield.sharding import current_shard
 from deqshield.smoothing.records import RecordLog, load_partial, remove_partial
@@ -33,7 +34,10 @@ def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] 
     count = len(loaded.test) if limit is None else min(limit, len(loaded.test))
     context = {"run": str(run_dir), "checkpoint": str(loaded.checkpoint.path),
                "model": loaded.config.model.name, "data": f"{loaded.test.name}[:{count}]"}
-    header = {**context, "settings": settings_dict(settings), "seed": seed}
+    # the job's identity by content (weights, images, settings), not by where files lie, so a
+    # certification resumes from another checkout or machine
+    header = {"run": context["run"], "weights_sha256": weights_digest(loaded.model),
+              "data": context["data"], "settings": settings_dict(settings), "seed": seed}
     done = load_partial(folder, header) if resume else {}
     shard = current_shard()
     mine = [index for index in range(count)

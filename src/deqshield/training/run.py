@@ -7,7 +7,6 @@ training part and the dev part used for best-checkpoint selection.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from deqshield.io.config import ExperimentConfig, dump_config, load_config
 from deqshield.data import ArrayDataset, dev_split, load_dataset
 from deqshield.errors import InputError
 from deqshield.io.runs import check_resumable
+from deqshield.io.weights import weights_digest
 from deqshield.training.distributed import Context, setup, teardown
 from deqshield.training.loop import TrainHistory, Trainer
 
@@ -35,16 +35,6 @@ class TrainResult:
     model: nn.Module
     history: TrainHistory
     best_checkpoint: Optional[Path]
-
-
-def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of the model's state dict (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return digest.hexdigest()
 
 
 def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path], *,
