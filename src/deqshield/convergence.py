@@ -87,12 +87,9 @@ def records_convergence(function: F) -> F:
 
 @dataclasses.dataclass
 class Tally:
-    """Samples checked and found above the limit inside :func:`convergence_tally`, and the
-    largest final residual among them."""
+    """Samples found above the limit inside :func:`convergence_tally`."""
 
-    samples: int = 0
     unconverged: int = 0
-    worst: float = 0.0
 
 
 _tallies: list[Tally] = []
@@ -120,10 +117,7 @@ def check_convergence(trajectory: Trajectory, what: str) -> None:
     above = residual > limit  # NaN (not evaluated) compares False
     worst = float(torch.nan_to_num(residual, nan=0.0).max())
     if _tallies:
-        tally = _tallies[-1]
-        tally.samples += residual.numel()
-        tally.unconverged += int(above.sum())
-        tally.worst = max(tally.worst, worst) if bool(above.any()) else tally.worst
+        _tallies[-1].unconverged += int(above.sum())
     if not bool(above.any()) or (_tallies and policy.action == "warn"):
         return
     message = (f"{what}: {int(above.sum())} of {residual.numel()} samples did not converge "
