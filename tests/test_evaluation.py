@@ -54,6 +54,51 @@ def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, cap
     assert any(attack["label"].startswith("Square") for attack in written["attacks"])
 
 
+def test_an_interrupted_evaluation_resumes_to_the_same_verdicts(run_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    """Every attacked batch is journaled at once; --resume replays the journal and attacks
+    only the rest, and the results equal an uninterrupted run's, early-exit bookkeeping
+    included."""
+    import deqshield.evaluate.matrix as matrix
+
+    options = ["--eps", "0.01", "--limit", "12", "--early-index", "2", "--no-autoattack",
+               "--early-exit", "--quiet"]
+    batches: list[int] = []
+    cut: list[int] = []
+    real = matrix.witness_nonconverged
+
+    def counted(*args, **kwargs):
+        if len(batches) in cut:
+            raise KeyboardInterrupt
+        batches.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(matrix, "witness_nonconverged", counted)
+    assert main(["evaluate", str(run_dir), *options, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    attacked_whole = len(batches)
+    batches.clear()
+    cut.append(3)
+    out = tmp_path / "cut"
+    assert main(["evaluate", str(run_dir), *options, "--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    journal = out / "evaluation-journal-0.jsonl"
+    assert len(journal.read_text().splitlines()) == 4  # the header and three batches
+    assert not (out / "results.json").exists()
+    # a journal is never silently overwritten or ignored
+    assert main(["evaluate", str(run_dir), *options, "--out", str(out)]) == 2
+    assert main(["evaluate", str(run_dir), *options, "--seed", "3", "--resume",
+                 "--out", str(out)]) == 2  # another seed: another evaluation
+    batches.clear()
+    cut.clear()
+    assert main(["evaluate", str(run_dir), *options, "--resume", "--out", str(out)]) == 0
+    assert len(batches) == attacked_whole - 3 > 0
+    resumed = json.loads((out / "results.json").read_text())
+    for part in ("per_sample", "aggregate", "defenses", "attacks"):
+        assert resumed[part] == whole[part], part
+    assert not list(out.glob("evaluation-journal-*"))
+
+
 def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
     from deqshield.data import load_dataset
     from deqshield.evaluate.run import evaluate_model

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deqshield.errors import OutputError
+from deqshield.io.records import PartialRecords
 from deqshield.validation import check_eps, check_number
 
 Rule = Callable[[str, Any], Any]
@@ -58,17 +59,19 @@ def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:
 
 
 def prepare_output_dir(path: Path, option: str, *, force: bool | None = None,
-                       writes: Sequence[str] = ()) -> Path:
+                       writes: Sequence[str] = (), ignore: Sequence[str] = ()) -> Path:
     """Create the output folder ``path`` and check that it can be written.
 
     With ``force`` not None, a folder that already holds files is refused unless ``force`` is
     true (nothing is overwritten without being asked); with ``writes`` (the file names the
     command writes, for commands whose default folder is the run directory) only a folder
-    holding one of those files is refused. Raises :class:`OutputError`."""
+    holding one of those files is refused; files named in ``ignore`` never count. Raises
+    :class:`OutputError`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file, not a folder; choose a folder")
-    names = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    names = sorted(entry.name for entry in path.iterdir()
+                   if entry.name not in ignore) if path.is_dir() else []
     if writes:
         names = [name for name in names if name in writes]
     if force is False and names:
@@ -83,4 +86,20 @@ def prepare_output_dir(path: Path, option: str, *, force: bool | None = None,
         raise OutputError(f"{option} {path} cannot be written: "
                           f"{error.strerror or error}") from None
     return path
+
+
+def prepare_resumable_dir(path: Path, option: str, partial: PartialRecords, *, force: bool,
+                          resume: bool, writes: Sequence[str] = ()) -> Path:
+    """:func:`prepare_output_dir` for a resumable job: the partial records of an interrupted
+    job in ``path`` are kept with ``resume``, deleted with ``force`` and refused otherwise
+    (never silently overwritten or ignored)."""
+    held = partial.files() if Path(path).is_dir() else []
+    if held and force:
+        partial.remove()
+    elif held and not resume:
+        raise OutputError(f"{option} {path} holds the partial records of an interrupted "
+                          f"{partial.job}; pass --resume to continue it or --force to start "
+                          "over")
+    return prepare_output_dir(path, option, force=force, writes=writes,
+                              ignore=[file.name for file in held])
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, NoReturn
 
 from pydantic import ValidationError
@@ -68,12 +70,23 @@ def run_command(command: Callable[[Any], int], args: argparse.Namespace) -> int:
     """Run a command; errors become one line and exit code 2, Ctrl-C exit code 130."""
     try:
         return command(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        print("deqshield: interrupted", file=sys.stderr)
+        print("deqshield: interrupted" + "".join(f"; {hint}" for hint in interrupt.args),
+              file=sys.stderr)
         return INTERRUPTED
     except (DEQShieldError, ValidationError, OSError) as error:
         if args.debug:
             raise
         return fail(describe(error))
+
+
+@contextmanager
+def on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C inside the block ends the command (exit code 130) with ``hint()`` on its one
+    error line: what was kept and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        raise KeyboardInterrupt(hint()) from interrupt

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from deqshield.cli.args import EVALUATE, check_options, prepare_output_dir
+from deqshield.cli.args import EVALUATE, check_options, prepare_resumable_dir
+from deqshield.cli.errors import on_interrupt
+from deqshield.evaluate.journal import evaluation_records
 from deqshield.evaluate.run import evaluate_run
 from deqshield.evaluate.specs import Screening
 from deqshield.evaluate.standard import BUDGETS, AttackBudget
@@ -25,8 +27,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = output_dir(args.run_dir, args.out, "evaluation")
     if args.early_index is not None and hasattr(config.model, "solver"):
         check_index("--early-index", args.early_index, config.model.solver.max_iter)
-    with sample_shards(lambda: prepare_output_dir(out, "--out", force=args.force)):
-        return _evaluate_here(args)
+    with sample_shards(lambda: prepare_resumable_dir(out, "--out", evaluation_records(out),
+                                                     force=args.force, resume=args.resume)):
+        with on_interrupt(lambda: f"the attacked batches are kept in {out}; continue with "
+                                  "the same command and --resume"):
+            return _evaluate_here(args)
 
 
 def _budget(args: argparse.Namespace) -> AttackBudget:
@@ -50,7 +55,7 @@ def _evaluate_here(args: argparse.Namespace) -> int:
                            budget=_budget(args),
                            screening=(Screening(samples=args.screen_samples, keep=args.keep,
                                                 follow=args.follow) if args.screen else None),
-                           progress=not args.quiet)
+                           progress=not args.quiet, resume=args.resume)
     if not current_shard().is_main:
         return 0
     worst = results["aggregate"]["worst_case"]
@@ -73,6 +78,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--out", help="output folder (default: RUN/evaluation; required for zoo:NAME)")
     parser.add_argument("--force", action="store_true",
                         help="write into an output folder that already holds files")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted evaluation in --out (its journal of "
+                             "attacked batches is kept until the results are written)")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="checkpoint to evaluate (default: best)")
     parser.add_argument("--data-dir", help="data directory (overrides the run's data root)")

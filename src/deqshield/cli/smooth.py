@@ -5,20 +5,19 @@ images)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from deqshield.cli.args import SMOOTH, check_options, prepare_output_dir
-from deqshield.cli.errors import INTERRUPTED
+from deqshield.cli.args import SMOOTH, check_options, prepare_resumable_dir
+from deqshield.cli.errors import on_interrupt
 from deqshield.convergence import get_convergence_policy
-from deqshield.errors import InputError, OutputError
+from deqshield.errors import InputError
 from deqshield.io.runs import output_dir, run_config
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.sharding import sample_shards
-from deqshield.smoothing.records import partial_files, remove_partial
+from deqshield.smoothing.records import smoothing_records
 from deqshield.smoothing.report import WRITES
 from deqshield.smoothing.sampling import Serialized, Smoothing
 
@@ -35,19 +34,6 @@ def parse_readout(text: str) -> Final | Early | Ensemble:
     raise InputError(f"--readout must be final, early:I or ensemble, got {text!r}")
 
 
-def _prepare(out: Path, args: argparse.Namespace) -> None:
-    """Check the output folder: finished results need --force; partial records of an
-    interrupted run need --resume (kept) or --force (deleted)."""
-    prepare_output_dir(out, "--out", force=args.force, writes=WRITES)
-    partial = partial_files(out)
-    if partial and args.force:
-        remove_partial(out)
-    elif partial and not args.resume:
-        raise OutputError(f"--out {out} holds the partial records of an interrupted "
-                          "certification; pass --resume to continue it or --force to start "
-                          "over")
-
-
 def _smooth(args: argparse.Namespace) -> int:
     from deqshield.smoothing.run import smooth_run
 
@@ -62,17 +48,14 @@ def _smooth(args: argparse.Namespace) -> int:
         raise InputError(f"invalid smoothing settings: {error}") from None
     run_config(args.run_dir)
     out = output_dir(args.run_dir, args.out)
-    with sample_shards(lambda: _prepare(out, args)) as shard:
-        try:
+    with sample_shards(lambda: prepare_resumable_dir(
+            out, "--out", smoothing_records(out), force=args.force, resume=args.resume,
+            writes=WRITES)) as shard:
+        with on_interrupt(lambda: f"the certified images are kept in {out}; continue with "
+                                  "the same command and --resume"):
             results = smooth_run(args.run_dir, settings, out=out, limit=args.limit,
                                  seed=args.seed, data_dir=args.data_dir,
                                  progress=not args.quiet, resume=args.resume)
-        except KeyboardInterrupt:
-            if args.debug:
-                raise
-            print(f"deqshield: interrupted; the certified images are kept in {out}; continue "
-                  "with the same command and --resume", file=sys.stderr)
-            return INTERRUPTED
     if not shard.is_main:
         return 0
     accuracy = results["certified_accuracy"]

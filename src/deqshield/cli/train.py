@@ -12,13 +12,12 @@ one line naming the last checkpoint and the command that resumes from it (exit c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from deqshield.io.checkpoint import latest_checkpoint
 from deqshield.cli.args import prepare_output_dir
-from deqshield.cli.errors import INTERRUPTED
+from deqshield.cli.errors import on_interrupt
 from deqshield.io.config import load_config
 from deqshield.validation import check_device
 
@@ -30,18 +29,15 @@ def _train(args: argparse.Namespace) -> int:
         check_device(args.device)
     config = load_config(args.config)
     prepare_output_dir(args.out, "--out")
-    try:
+    def hint() -> str:
+        last = latest_checkpoint(args.out)
+        saved = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+        return f"{saved}; continue with: deqshield train {args.config} --out {args.out} --resume"
+
+    with on_interrupt(hint):
         result = train(config, args.out, resume=args.resume, data_dir=args.data_dir,
                        download=args.download, device=args.device, progress=not args.quiet,
                        digest_dir=args.weights_digest_dir)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        last = latest_checkpoint(args.out)
-        saved = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
-        print(f"deqshield: interrupted; {saved}; continue with: deqshield train {args.config} "
-              f"--out {args.out} --resume", file=sys.stderr)
-        return INTERRUPTED
     if not args.quiet and result.best_checkpoint is not None:
         print(f"best checkpoint: {result.best_checkpoint}")
     return 0

@@ -31,6 +31,7 @@ from deqshield.convergence import records_convergence
 from deqshield.attacks.base import AttackResult
 from deqshield.models import Classifier, DEQClassifier
 from deqshield.sharding import Shard, current_shard
+from deqshield.evaluate.journal import column_key, current_journal, replayed
 from deqshield.evaluate.specs import AttackSpec, defense_label
 from deqshield.evaluate.verdicts import SURVIVED, VerdictTable, as_verdict
 from deqshield.readouts.base import Readout, predicted_classes
@@ -109,9 +110,11 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
                desc="evaluate", unit="sample")
     for column, spec in zip(columns, attacks):
         bar.set_postfix_str(column)
-        pending = (alive if early_exit else clean) & shard.owns(len(y_all))
+        attacked = alive if early_exit else clean
+        key = column_key(x_all, y_all, rows, spec, attacked, seed)
+        pending = attacked & shard.owns(len(y_all))
         broken, unconverged, findings = _run_column(model, defenses, spec, x_all, y_all,
-                                                    pending, batch_size, seed, bar.update)
+                                                    pending, batch_size, seed, bar.update, key)
         broken, unconverged = shard.merge(broken), shard.merge(unconverged)
         findings = shard.merge_lists(findings)
         bar.update(len(y_all) - int(pending.any(dim=0).sum()))
@@ -129,13 +132,26 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
 
 def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec,
                 x_all: Tensor, y_all: Tensor, pending: Tensor, batch_size: int, seed: int,
-                tick) -> tuple[Tensor, Tensor, list[str]]:
+                tick, key: str) -> tuple[Tensor, Tensor, list[str]]:
     """Attack the ``pending`` (defense, sample) pairs (D, N), batch by batch: (broken (D, N),
-    unconverged (D, N): the witness's forward solve does not converge, findings)."""
+    unconverged (D, N): the witness's forward solve does not converge, findings). The batches
+    the evaluation journal holds under ``key`` are replayed, the others attacked and
+    journaled (:mod:`deqshield.evaluate.journal`)."""
     starts = column_starts(spec, x_all, seed)
     broken = torch.zeros(len(defenses), len(y_all), dtype=torch.bool)
     unconverged = torch.zeros_like(broken)
     findings: list[str] = []
+    journal = current_journal()
+    pending = pending.clone()
+    for record in journal.replay(key):
+        part, part_broken, part_unconverged = replayed(record)
+        mine = pending[:, part].any(dim=0)  # another process's batch is merged from it
+        part = part[mine]
+        broken[:, part] = part_broken[:, mine]
+        unconverged[:, part] = part_unconverged[:, mine]
+        pending[:, part] = False
+        findings.extend(f for f in record["findings"] if f not in findings)
+        tick(len(part))
     indices = pending.any(dim=0).nonzero().squeeze(1)
     for part in indices.split(batch_size) if len(indices) else ():  # split() of [] gives [[]]
         result = spec.attack.run(model, spec.path, x_all[part], y_all[part], defenses=defenses,
@@ -144,6 +160,7 @@ def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec
         broken[:, part] = result.broken
         unconverged[:, part] = witness_nonconverged(model, result)
         findings.extend(f for f in result.findings if f not in findings)
+        journal.keep(key, part, broken[:, part], unconverged[:, part], result.findings)
         tick(len(part))
     return broken, unconverged, findings
 

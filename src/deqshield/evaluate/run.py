@@ -41,7 +41,8 @@ from deqshield.evaluate.protocol import run_protocol
 from deqshield.evaluate.report import write_report, write_results
 from deqshield.evaluate.selection import select_early_index
 from deqshield.sharding import current_shard
-from deqshield.evaluate.specs import AttackSpec, Screening
+from deqshield.evaluate.journal import Journal, evaluation_records, journaling
+from deqshield.evaluate.specs import AttackSpec, Screening, describe
 from deqshield.evaluate.standard import (
     AttackBudget,
     explicit_protocol,
@@ -50,6 +51,8 @@ from deqshield.evaluate.standard import (
 )
 from deqshield.readouts import EntropyReduction
 from deqshield.io.runs import RunPath, load_run, output_dir
+from deqshield.io.weights import weights_digest
+from deqshield.settings import settings_dict
 from deqshield.solvers import swapped_solver
 from deqshield.validation import check_eps, check_index, check_number
 
@@ -67,29 +70,64 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
                    keep: Optional[Callable[[AttackSpec], bool]] = None,
                    budget: AttackBudget = AttackBudget(),
                    screening: Optional[Screening] = None,
-                   meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   meta: Optional[dict[str, Any]] = None,
+                   resume: bool = False) -> dict[str, Any]:
     """Run steps 1-4 of the module docstring and return the results mapping (an explicit
     network gets its output attacked by PGD-10, APGD and Square instead). The early
     index is selected on the first ``dev_limit`` dev samples; ``keep`` keeps only the columns
     of the standard attack set it is true for (all by default); ``screening`` ranks the attacks
-    on a few samples first (:mod:`deqshield.evaluate.screening`)."""
+    on a few samples first (:mod:`deqshield.evaluate.screening`). Every attacked batch is
+    journaled in ``out_dir`` until the results are written; ``resume`` replays the journal of
+    an interrupted evaluation of the same model with the same settings
+    (:mod:`deqshield.evaluate.journal`)."""
     check_eps(eps, name="eps")
     if limit is not None:
         check_number("limit", limit, minimum=1, integer=True)
     model.eval()
     test = _first(test, limit)
-    if not isinstance(model, DEQClassifier):
-        protocol = explicit_protocol(eps=eps, autoattack=autoattack, quick=quick,
-                                     early_exit=early_exit, seed=seed, budget=budget,
-                                     screening=screening)
-        results = run_protocol(protocol, model, test, meta=meta, progress=progress)
-        if not current_shard().is_main:
-            return results
-        write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
-        results["plots"] = [plot_matrix(results, out_dir / "defense_attack_matrix.png").name]
-        write_report(out_dir, results)
+    options = dict(eps=eps, autoattack=autoattack, quick=quick, early_exit=early_exit,
+                   seed=seed, budget=budget, screening=screening)
+    header = {"weights_sha256": weights_digest(model),
+              "solver": describe(model.deq.solver) if isinstance(model, DEQClassifier) else None,
+              "samples": len(test),  # type: ignore[arg-type]
+              "settings": {**_settings(options), "early_index": early_index, "sweep": sweep,
+                           "entropy": _settings({"entropy": entropy})["entropy"],
+                           "dev_limit": dev_limit, "all_columns": keep is None}}
+    journal = evaluation_records(out_dir)
+    records = journal.load(header) if resume else []
+    with journal.log(current_shard().rank, header, resume) as log, \
+            journaling(Journal(records, log)):
+        if isinstance(model, DEQClassifier):
+            results = _evaluate_deq(model, test, dev, eps=eps, early_index=early_index,
+                                    sweep=sweep, entropy=entropy, keep=keep,
+                                    dev_limit=dev_limit, meta=meta, progress=progress,
+                                    options=options)
+        else:
+            results = run_protocol(explicit_protocol(**options), model, test, meta=meta,
+                                   progress=progress)
+    if not current_shard().is_main:
         return results
+    write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
+    results["plots"] = _plots(results, out_dir)
+    write_report(out_dir, results)
+    journal.remove()
+    return results
+
+
+def _settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The options as JSON values (settings objects as mappings)."""
+    return {name: settings_dict(value) if dataclasses.is_dataclass(value) else value
+            for name, value in options.items()}
+
+
+def _evaluate_deq(model: DEQClassifier, test: Dataset, dev: Optional[Dataset], *, eps: float,
+                  early_index: Optional[int], sweep: bool, entropy: Optional[EntropyReduction],
+                  keep: Optional[Callable[[AttackSpec], bool]], dev_limit: int,
+                  meta: Optional[dict[str, Any]], progress: bool,
+                  options: dict[str, Any]) -> dict[str, Any]:
+    """Steps 1-3 of the module docstring for a DEQ."""
     steps = model.deq.solver.max_iter
+    seed = options["seed"]
     ready_made = READY_MADE.at_radius(eps)
     scores: dict[int, float] = {}
     if early_index is not None:
@@ -111,24 +149,22 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
         diagnostics["entropy_change_adversarial"] = entropy_change(model, entropy, adversarial)
     diagnostics["early_index"] = early_index
     diagnostics["early_selection"] = {str(k): v for k, v in scores.items()}
-    protocol = standard_protocol(model, eps=eps, early_index=early_index, sweep=sweep,
-                                 entropy=entropy, autoattack=autoattack, quick=quick,
-                                 early_exit=early_exit, seed=seed, budget=budget,
-                                 screening=screening)
+    protocol = standard_protocol(model, early_index=early_index, sweep=sweep, entropy=entropy,
+                                 **options)
     if keep is not None:
         protocol = dataclasses.replace(protocol, attacks=tuple(filter(keep, protocol.attacks)))
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
     results["notes"] = [note for note in (redundant_early(model, early_index),) if note]
     results["diagnostics"] = diagnostics
-    if not current_shard().is_main:
-        return results
-    write_results(out_dir / "results.json", results)  # first: a failing plot loses nothing
-    results["plots"] = _plots(results, diagnostics, out_dir)
-    write_report(out_dir, results)
     return results
 
 
-def _plots(results: dict[str, Any], diagnostics: dict[str, Any], out_dir: Path) -> list[str]:
+def _plots(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """The PNG plots of the results (the matrix; a DEQ's diagnostics too); their file names."""
+    matrix = plot_matrix(results, out_dir / "defense_attack_matrix.png")
+    if "diagnostics" not in results:
+        return [matrix.name]
+    diagnostics = results["diagnostics"]
     figures = [
         plot_per_state({"clean": diagnostics["clean_accuracy"],
                         "ready-made PGD-10": diagnostics["robust_accuracy"]},
@@ -145,7 +181,7 @@ def _plots(results: dict[str, Any], diagnostics: dict[str, Any], out_dir: Path) 
         plot_per_state({"perturbed vs clean": diagnostics["trajectory_deviation"]},
                        out_dir / "trajectory_deviation.png", ylabel="||z~_n - z_n|| / ||z_n||",
                        title="deviation of the perturbed dynamics", first_state=1),
-        plot_matrix(results, out_dir / "defense_attack_matrix.png"),
+        matrix,
     ]
     if "entropy_change_clean" in diagnostics:
         figures.append(plot_per_state(

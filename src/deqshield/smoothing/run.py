@@ -15,7 +15,7 @@ from deqshield.io.runs import RunPath, load_run, output_dir
 from deqshield.io.weights import weights_digest
 from deqshield.settings import settings_dict
 from deqshield.sharding import current_shard
-from deqshield.smoothing.records import RecordLog, load_partial, remove_partial
+from deqshield.smoothing.records import smoothing_records
 from deqshield.smoothing.report import certify_samples, summarize, write_report
 from deqshield.smoothing.sampling import Smoothing
 
@@ -38,18 +38,16 @@ def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] 
     # certification resumes from another checkout or machine
     header = {"run": context["run"], "weights_sha256": weights_digest(loaded.model),
               "data": context["data"], "settings": settings_dict(settings), "seed": seed}
-    done = load_partial(folder, header) if resume else {}
+    partial = smoothing_records(folder)
+    done = {int(r["index"]): r for r in partial.load(header)} if resume else {}
     shard = current_shard()
     mine = [index for index in range(count)
             if index % shard.world_size == shard.rank and index not in done]
     started = time.perf_counter()
-    log = RecordLog(folder, shard.rank, header, resume)
-    try:
+    with partial.log(shard.rank, header, resume) as log:
         fresh = certify_samples(loaded.model, loaded.test.images[:count],
                                 loaded.test.labels[:count], settings, seed,
                                 progress and shard.is_main, indices=mine, on_record=log.append)
-    finally:
-        log.close()
     by_index = {**done, **{r["index"]: r for r in shard.gather(fresh)}}
     records = [by_index[index] for index in range(count)]
     results = summarize(records, settings, seed, **context,
@@ -58,5 +56,5 @@ def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] 
         write_report(results, folder,
                      f"{loaded.config.model.name}, sigma = {settings.sigma:g}"
                      + (", serialized" if settings.serialized else ""))
-        remove_partial(folder)
+        partial.remove()
     return results
