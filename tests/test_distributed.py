@@ -81,6 +81,33 @@ def test_two_gloo_processes_evaluate_like_one(tmp_path):
     assert one["aggregate"] == two["aggregate"]
 
 
+def test_an_evaluation_cut_in_one_process_resumes_in_two(tmp_path, monkeypatch):
+    """The journal of an interrupted single-process evaluation is replayed by two gloo
+    processes (each takes the journaled batches of its own samples): the same verdicts."""
+    import deqshield.evaluate.matrix as matrix
+    from deqshield.cli import main
+
+    run = trained(EVAL_CONFIG, tmp_path / "run")
+    options = ["--eps", "0.005", "--limit", "10", "--no-autoattack", "--early-index", "2",
+               "--early-exit", "--quiet"]
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "one"), *options]) == 0
+    real, batches = matrix.witness_nonconverged, []
+
+    def cut_after_four(*args, **kwargs):
+        if len(batches) == 4:
+            raise KeyboardInterrupt
+        batches.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(matrix, "witness_nonconverged", cut_after_four)
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "two"), *options]) == 130
+    on_two_processes("evaluate", str(run), "--out", str(tmp_path / "two"), *options, "--resume")
+    one, two = (json.loads((tmp_path / name / "results.json").read_text())
+                for name in ("one", "two"))
+    assert one["per_sample"] == two["per_sample"]
+    assert one["aggregate"] == two["aggregate"]
+
+
 def test_two_gloo_processes_smooth_like_one(tmp_path):
     """torchrun splits the images of a smoothing certification; smoothing.json's records equal
     one process's (each image's noise is seeded by its index)."""
