@@ -33,10 +33,11 @@ def smooth_run(run_dir: RunPath, settings: Smoothing, *, out: Optional[RunPath] 
     loaded = load_run(run_dir, data_dir=data_dir)
     count = len(loaded.test) if limit is None else min(limit, len(loaded.test))
     context = {"run": str(run_dir), "checkpoint": str(loaded.checkpoint.path),
+               "weights_sha256": weights_digest(loaded.model),
                "model": loaded.config.model.name, "data": f"{loaded.test.name}[:{count}]"}
     # the job's identity by content (weights, images, settings), not by where files lie, so a
     # certification resumes from another checkout or machine
-    header = {"run": context["run"], "weights_sha256": weights_digest(loaded.model),
+    header = {"run": context["run"], "weights_sha256": context["weights_sha256"],
               "data": context["data"], "settings": settings_dict(settings), "seed": seed}
     partial = smoothing_records(folder)
     done = {int(r["index"]): r for r in partial.load(header)} if resume else {}
