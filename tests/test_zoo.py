@@ -438,6 +438,37 @@ def test_smoothed_card_records_the_certification_and_its_command(smoothed_zoo, s
     assert f"`{SMOOTHED}`" not in text.split("## Smoothed models")[0]
 
 
+def test_zoo_update_records_a_new_certification_of_the_shipped_weights(smoothed_zoo,
+                                                                       smoothed_run, tmp_path,
+                                                                       capsys):
+    """``zoo update NAME --smoothing DIR`` takes the smoothing record of a certification of
+    ``zoo:NAME``'s own weights (e.g. on more images) and keeps the weights."""
+    before = zoo.card(SMOOTHED)
+    out = tmp_path / "again"
+    command = before.smoothing.command.split()[1:-4]
+    command[command.index("--limit") + 1] = "5"
+    assert main([*command, "--out", str(out)]) == 0
+    assert main(["zoo", "update", SMOOTHED, "--smoothing", str(out)]) == 0
+    after = zoo.card(SMOOTHED)
+    report = json.loads((out / "smoothing.json").read_text())
+    assert after.test_images == after.smoothing.test_images == 5
+    assert after.certified_accuracy == report["certified_accuracy"]["0.25"]
+    assert "--limit 5" in after.smoothing.command
+    assert (after.sha256, after.training) == (before.sha256, before.training)
+    assert_matches_card(SMOOTHED)
+    # a certification of the run folder, not of the zoo model, is refused
+    assert main(["zoo", "update", SMOOTHED, "--smoothing",
+                 str(smoothed_run / "smoothing")]) == 2
+    assert f"not zoo:{SMOOTHED}" in capsys.readouterr().err
+    report["weights_sha256"] = "0" * 64  # other weights
+    (out / "smoothing.json").write_text(json.dumps(report))
+    assert main(["zoo", "update", SMOOTHED, "--smoothing", str(out)]) == 2
+    assert "other weights" in capsys.readouterr().err
+    assert main(["zoo", "update", SMOOTHED, "--evaluation", str(out)]) == 2
+    assert "smoothed model" in capsys.readouterr().err
+    assert zoo.card(SMOOTHED) == after
+
+
 def test_smoothed_cards_are_validated(smoothed_zoo, tmp_path):
     card = zoo.card(SMOOTHED)
     record = card.smoothing

@@ -9,6 +9,7 @@ from typing import Any
 
 from deqshield.cli.args import ZOO_ADD, check_options
 from deqshield.cli.errors import add_debug_flag
+from deqshield.errors import InputError
 from deqshield.zoo import store
 from deqshield.zoo.cards import card_json
 from deqshield.zoo.render import percent
@@ -29,8 +30,16 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from deqshield.zoo.package import update_evaluation
+    from deqshield.zoo.package import update_evaluation, update_smoothing
 
+    if args.smoothing is not None:
+        if args.evaluate_command:
+            raise InputError("--evaluate-command goes with --evaluation, not --smoothing")
+        card = update_smoothing(args.name, args.smoothing, notes=args.note)
+        print(f"updated the smoothing record of {card.name}: certified "
+              f"{percent(card.certified_accuracy)}% at radius {card.eps:g} on "
+              f"{card.test_images} images; {REGENERATE}")
+        return 0
     card = update_evaluation(args.name, args.evaluation, evaluate_command=args.evaluate_command,
                              notes=args.note)
     print(f"updated the evaluation figures of {card.name}: worst case "
@@ -90,10 +99,15 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--note", action="append", default=[], help="a note for the card "
                      "(repeatable)")
     update = commands.add_parser(
-        "update", help="replace a zoo model's evaluation figures by a re-evaluation of it")
+        "update", help="replace a zoo model's evaluation figures (or a smoothed model's "
+                       "smoothing record) by a re-evaluation of it")
     update.add_argument("name", metavar="NAME")
-    update.add_argument("--evaluation", type=Path, required=True,
-                        help="folder with results.json of deqshield evaluate zoo:NAME")
+    measured = update.add_mutually_exclusive_group(required=True)
+    measured.add_argument("--evaluation", type=Path,
+                          help="folder with results.json of deqshield evaluate zoo:NAME")
+    measured.add_argument("--smoothing", type=Path,
+                          help="folder with smoothing.json of deqshield smooth zoo:NAME, "
+                               "for a smoothed model")
     update.add_argument("--evaluate-command", default="",
                         help="the command that produced it (default: keep the card's)")
     update.add_argument("--note", action="append", default=[],

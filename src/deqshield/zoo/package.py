@@ -20,7 +20,9 @@ into place, so a failed packaging leaves no half-written model.
 
 ``deqshield zoo update NAME --evaluation DIR`` (:func:`update_evaluation`) replaces a shipped
 model's evaluation figures by a re-evaluation of its own weights (``deqshield evaluate
-zoo:NAME``), keeping its weights, training record and certification.
+zoo:NAME``), keeping its weights, training record and certification; ``--smoothing DIR``
+(:func:`update_smoothing`) replaces a smoothed model's smoothing record by a new certification
+of its own weights (``deqshield smooth zoo:NAME``, e.g. on more images).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
 from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
 from deqshield.zoo.slices import slice_predictions
-from deqshield.zoo.smoothing_figures import smoothing_figures
+from deqshield.zoo.smoothing_figures import (
+    check_certified_checkpoint,
+    check_certified_weights,
+    smoothing_figures,
+)
 
 APGD_PREFIX = "APGD"
 
@@ -84,8 +90,11 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
             figures = _merge(figures, _figures(Path(folder) / file, read))
     run = load_run(run_dir, data_dir=data_dir)
     if smoothing is not None:
-        figures = _figures(Path(smoothing) / "smoothing.json",
-                           lambda results: smoothing_figures(results, name, run, run_dir))
+        def read(results: dict[str, Any]) -> dict[str, Any]:
+            check_certified_checkpoint(results, run, run_dir)
+            return smoothing_figures(results, name, run)
+
+        figures = _figures(Path(smoothing) / "smoothing.json", read)
     config, model = run.config, run.model
     solver = getattr(config.model, "solver", None)
     weights = safetensors.torch.save(tensor_copies(model))
@@ -136,11 +145,38 @@ def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = ""
         attack_budgets={**card.attack_budgets, **figures["attack_budgets"]},
         evaluate_command=evaluate_command or card.evaluate_command,
         notes=tuple(notes) or card.notes, deqshield_version=__version__)
-    folder = store.model_dir(name)
+    _republish(updated)
+    return updated
+
+
+def update_smoothing(name: str, smoothing: Path, *, notes: Sequence[str] = ()) -> Card:
+    """Replace the smoothing record (and the figures it fixes) of smoothed zoo model ``name``
+    by ``smoothing.json`` in ``smoothing``, which must certify ``zoo:NAME``'s own weights;
+    ``notes`` replace the card's when given. Returns the new card."""
+    card = store.card(name)
+    if card.smoothing is None:
+        raise InputError(f"{name} is not a smoothed model: update it with --evaluation")
+    run = load_run(f"{ZOO_PREFIX}{name}")
+
+    def read(results: dict[str, Any]) -> dict[str, Any]:
+        check_certified_weights(results, name, run)
+        return smoothing_figures(results, name, run)
+
+    figures = _figures(Path(smoothing) / "smoothing.json", read)
+    updated = dataclasses.replace(
+        card, **{key: value for key, value in figures.items()
+                 if key not in ("results", "attack_budgets")},
+        notes=tuple(notes) or card.notes, deqshield_version=__version__)
+    _republish(updated)
+    return updated
+
+
+def _republish(card: Card) -> None:
+    """Write ``card`` over its model's card, keeping the weights and config."""
+    folder = store.model_dir(card.name)
     _publish(folder, {file: (folder / file).read_bytes() for file in (store.WEIGHTS,
                                                                        store.CONFIG)}
-             | {store.CARD: card_json(updated).encode()})
-    return updated
+             | {store.CARD: card_json(card).encode()})
 
 
 def evaluation_figures(results: dict[str, Any]) -> dict[str, Any]:

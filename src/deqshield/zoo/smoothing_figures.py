@@ -3,8 +3,9 @@
 it fixes (clean and certified accuracy, test images, eps from the model's name).
 
 The packaged weights must be the ones certified: ``smoothing.json`` records the run and the
-checkpoint it loaded, which must be the checkpoint the packager loads; its model and test data
-must be the run's. Radii above the largest that its n and alpha can certify (where the
+checkpoint it loaded, which must be the checkpoint the packager loads (``zoo add``), or the zoo
+model and the sha256 of its weights (``zoo update``); its model and test data must be the
+run's. Radii above the largest that its n and alpha can certify (where the
 certified accuracy is 0 by construction) are left out of the record.
 """
 
@@ -18,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from deqshield.errors import InputError
 from deqshield.io.runs import LoadedRun, RunPath
+from deqshield.io.weights import weights_digest
 from deqshield.smoothing.sampling import Smoothing
 from deqshield.zoo.cards import check_name
 from deqshield.zoo.smoothed import SmoothingRecord, largest_radius, smoothing_command
@@ -25,12 +27,10 @@ from deqshield.zoo.smoothed import SmoothingRecord, largest_radius, smoothing_co
 _SETTINGS = TypeAdapter(Smoothing)
 
 
-def smoothing_figures(results: dict[str, Any], name: str, run: LoadedRun,
-                      run_dir: RunPath) -> dict[str, Any]:
+def smoothing_figures(results: dict[str, Any], name: str, run: LoadedRun) -> dict[str, Any]:
     """Card fields of zoo model ``name`` from ``results`` (``smoothing.json``) of the run
-    ``run`` loaded from ``run_dir``; :class:`InputError` if they were measured on another
-    checkpoint, model or test set, or do not certify the name's radius."""
-    check_certified_checkpoint(results, run, run_dir)
+    ``run`` (whose weights the caller checked); :class:`InputError` if they were measured on
+    another model or test set, or do not certify the name's radius."""
     images = results["samples"]
     data = f"{run.test.name}[:{images}]"
     if (results["model"], results["data"]) != (run.config.model.name, data):
@@ -77,3 +77,14 @@ def check_certified_checkpoint(results: dict[str, Any], run: LoadedRun,
     if not same:
         raise InputError(f"the smoothing certified checkpoint {recorded}, but the run's "
                          f"packaged checkpoint is {loaded}: certify the packaged one")
+
+
+def check_certified_weights(results: dict[str, Any], name: str, run: LoadedRun) -> None:
+    """:class:`InputError` unless ``results`` certified ``zoo:NAME`` with the weights ``run``
+    holds (by the sha256 of the state dict that ``deqshield smooth`` records)."""
+    if results["run"] != f"zoo:{name}":
+        raise InputError(f"the smoothing certified {results['run']}, not zoo:{name}")
+    if results.get("weights_sha256") != weights_digest(run.model):
+        raise InputError(f"the smoothing certified other weights than zoo:{name}'s (or "
+                         "predates the weights' sha256 in smoothing.json): certify the zoo "
+                         "model again")
