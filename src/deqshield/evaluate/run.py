@@ -90,9 +90,9 @@ def evaluate_model(model: nn.Module, test: Dataset, dev: Optional[Dataset], out_
     header = {"weights_sha256": weights_digest(model),
               "solver": describe(model.deq.solver) if isinstance(model, DEQClassifier) else None,
               "samples": len(test),  # type: ignore[arg-type]
-              "settings": {**_settings(options), "early_index": early_index, "sweep": sweep,
-                           "entropy": _settings({"entropy": entropy})["entropy"],
-                           "dev_limit": dev_limit, "all_columns": keep is None}}
+              "settings": _settings({**options, "entropy": entropy, "early_index": early_index,
+                                     "sweep": sweep, "dev_limit": dev_limit,
+                                     "all_columns": keep is None})}
     journal = evaluation_records(out_dir)
     records = journal.load(header) if resume else []
     with journal.log(current_shard().rank, header, resume) as log, \
