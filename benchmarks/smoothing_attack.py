@@ -44,7 +44,7 @@ def main() -> None:
                     for r in chosen]
     started = time.perf_counter()
     broken = broken_certificates(loaded.model, x, certificates, settings, draws=16, steps=10,
-                                 generator=torch.Generator().manual_seed(0))
+                                 generator=torch.Generator().manual_seed(0), progress=True)
     figures = {"run": str(args.run), "report": str(args.report), "factor": args.factor,
                "certified_images": len(chosen), "broken": broken,
                "mean_attack_radius": sum(c.radius for c in certificates) / max(len(chosen), 1),

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from deqshield.attacks.pgd import PGD
 from deqshield.paths.base import LossFn
@@ -64,12 +65,14 @@ def smoothed_attack(model: nn.Module, x: Tensor, y: Tensor, sigma: float, eps: f
 def broken_certificates(model: nn.Module, x: Tensor, certificates: list[Certificate],
                         settings: Smoothing, *, draws: int = 32, steps: int = 20,
                         bounds: tuple[float, float] = (0.0, 1.0),
-                        generator: Optional[torch.Generator] = None) -> int:
+                        generator: Optional[torch.Generator] = None,
+                        progress: bool = False) -> int:
     """How many certified inputs x[i] (radius > 0) the smoothed attack at eps = radius moves to
     a point where PREDICT answers a class other than the certified one (abstentions do not
-    count as broken)."""
+    count as broken); ``progress`` shows a progress bar over the inputs."""
     broken = 0
-    for i, certificate in enumerate(certificates):
+    for i, certificate in enumerate(tqdm(certificates, disable=not progress, desc="attack",
+                                         unit="image")):
         if certificate.prediction == ABSTAIN or certificate.radius <= 0:
             continue
         label = torch.tensor([certificate.prediction])
