@@ -18,6 +18,11 @@ import torch
 
 from deqshield.errors import DataError, InputError
 
+
+def split_name(dataset: str, split: str) -> str:
+    """The name a loaded split carries, e.g. ``mnist/test`` (recorded with results)."""
+    return f"{dataset}/{split}"
+
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 DEFAULT_ROOT = Path.home() / ".cache" / "deqshield" / "data"

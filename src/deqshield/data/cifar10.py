@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from deqshield.data.base import ArrayDataset, locate, read_verified, to_labels, to_unit_float
+from deqshield.data.base import (
+    ArrayDataset,
+    locate,
+    read_verified,
+    split_name,
+    to_labels,
+    to_unit_float,
+)
 from deqshield.data.download import fetch_archive
 from deqshield.errors import DataError
 
@@ -102,7 +109,7 @@ def load_cifar10(
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     return ArrayDataset(
-        to_unit_float(images), to_labels(labels), len(CLASS_NAMES), f"{NAME}/{split}", CLASS_NAMES
+        to_unit_float(images), to_labels(labels), len(CLASS_NAMES), split_name(NAME, split), CLASS_NAMES
     )
 
 

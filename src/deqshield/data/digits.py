@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits as sklearn_load_digits
 
-from deqshield.data.base import ArrayDataset, check_split, to_labels, to_unit_float
+from deqshield.data.base import ArrayDataset, check_split, split_name, to_labels, to_unit_float
 
 NAME = "digits"
 NUM_CLASSES = 10
@@ -39,6 +39,6 @@ def load_digits(
         to_unit_float(bunch.images[indices, None], MAX_PIXEL),
         to_labels(bunch.target[indices]),
         NUM_CLASSES,
-        f"{NAME}/{split}",
+        split_name(NAME, split),
         tuple(str(digit) for digit in range(NUM_CLASSES)),
     )

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deqshield.data.base import ArrayDataset, locate, read_verified, to_labels, to_unit_float
+from deqshield.data.base import (
+    ArrayDataset,
+    locate,
+    read_verified,
+    split_name,
+    to_labels,
+    to_unit_float,
+)
 from deqshield.data.download import download_file
 from deqshield.errors import DataError
 
@@ -122,7 +129,7 @@ def load_idx_dataset(
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise DataError(f"{labels_path}: label {int(labels.max())} outside 0..{NUM_CLASSES - 1}")
     return ArrayDataset(
-        to_unit_float(images[:, None]), to_labels(labels), NUM_CLASSES, f"{name}/{split}",
+        to_unit_float(images[:, None]), to_labels(labels), NUM_CLASSES, split_name(name, split),
         CLASS_NAMES[name],
     )
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from deqshield.data.base import ArrayDataset, locate, to_labels, to_unit_float
+from deqshield.data.base import ArrayDataset, locate, split_name, to_labels, to_unit_float
 from deqshield.data.download import fetch_archive
 from deqshield.errors import DataError
 
@@ -80,7 +80,7 @@ def load_tiny_imagenet(
     labels = np.array([label for _, label in listing], dtype=np.int64)
     return ArrayDataset(
         to_unit_float(pixels.transpose(0, 3, 1, 2)), to_labels(labels), len(wnids),
-        f"{NAME}/{split}", read_class_names(directory / "words.txt", wnids),
+        split_name(NAME, split), read_class_names(directory / "words.txt", wnids),
     )
 
 

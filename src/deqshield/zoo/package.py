@@ -42,6 +42,7 @@ from deqshield import __version__
 from deqshield.io import atomic
 from deqshield.io.config import ExperimentConfig, dump_config
 from deqshield.errors import InputError, OutputError
+from deqshield.data.base import split_name
 from deqshield.io.runs import ZOO_PREFIX, RunPath, load_run
 from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
@@ -92,7 +93,7 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     if smoothing is not None:
         def read(results: dict[str, Any]) -> dict[str, Any]:
             check_certified_checkpoint(results, run, run_dir)
-            return smoothing_figures(results, name, run)
+            return smoothing_figures(results, name, run.config.model.name, run.test.name)
 
         figures = _figures(Path(smoothing) / "smoothing.json", read)
     config, model = run.config, run.model
@@ -156,11 +157,12 @@ def update_smoothing(name: str, smoothing: Path, *, notes: Sequence[str] = ()) -
     card = store.card(name)
     if card.smoothing is None:
         raise InputError(f"{name} is not a smoothed model: update it with --evaluation")
-    run = load_run(f"{ZOO_PREFIX}{name}")
+    model, _ = store.load(name)
 
     def read(results: dict[str, Any]) -> dict[str, Any]:
-        check_certified_weights(results, name, run)
-        return smoothing_figures(results, name, run)
+        check_certified_weights(results, name, model)
+        return smoothing_figures(results, name, store.config(name).model.name,
+                                 split_name(card.dataset, "test"))
 
     figures = _figures(Path(smoothing) / "smoothing.json", read)
     updated = dataclasses.replace(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from torch.nn import Module
 
 from deqshield.errors import InputError
 from deqshield.io.runs import LoadedRun, RunPath
@@ -27,15 +28,17 @@ from deqshield.zoo.smoothed import SmoothingRecord, largest_radius, smoothing_co
 _SETTINGS = TypeAdapter(Smoothing)
 
 
-def smoothing_figures(results: dict[str, Any], name: str, run: LoadedRun) -> dict[str, Any]:
-    """Card fields of zoo model ``name`` from ``results`` (``smoothing.json``) of the run
-    ``run`` (whose weights the caller checked); :class:`InputError` if they were measured on
-    another model or test set, or do not certify the name's radius."""
+def smoothing_figures(results: dict[str, Any], name: str, model: str,
+                      test: str) -> dict[str, Any]:
+    """Card fields of zoo model ``name`` from ``results`` (``smoothing.json``) of a run of
+    ``model`` (a model name) with test split ``test`` (e.g. ``mnist/test``), whose weights the
+    caller checked; :class:`InputError` if they were measured on another model or test set,
+    or do not certify the name's radius."""
     images = results["samples"]
-    data = f"{run.test.name}[:{images}]"
-    if (results["model"], results["data"]) != (run.config.model.name, data):
+    data = f"{test}[:{images}]"
+    if (results["model"], results["data"]) != (model, data):
         raise InputError(f"the smoothing certified {results['model']} on {results['data']}, "
-                         f"not the run's {run.config.model.name} on {data}")
+                         f"not the run's {model} on {data}")
     try:
         settings = _SETTINGS.validate_json(json.dumps(results["settings"]))
     except ValidationError as error:
@@ -79,12 +82,12 @@ def check_certified_checkpoint(results: dict[str, Any], run: LoadedRun,
                          f"packaged checkpoint is {loaded}: certify the packaged one")
 
 
-def check_certified_weights(results: dict[str, Any], name: str, run: LoadedRun) -> None:
-    """:class:`InputError` unless ``results`` certified ``zoo:NAME`` with the weights ``run``
+def check_certified_weights(results: dict[str, Any], name: str, model: Module) -> None:
+    """:class:`InputError` unless ``results`` certified ``zoo:NAME`` with the weights ``model``
     holds (by the sha256 of the state dict that ``deqshield smooth`` records)."""
     if results["run"] != f"zoo:{name}":
         raise InputError(f"the smoothing certified {results['run']}, not zoo:{name}")
-    if results.get("weights_sha256") != weights_digest(run.model):
+    if results.get("weights_sha256") != weights_digest(model):
         raise InputError(f"the smoothing certified other weights than zoo:{name}'s (or "
                          "predates the weights' sha256 in smoothing.json): certify the zoo "
                          "model again")
