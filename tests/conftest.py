@@ -33,3 +33,21 @@ def digits_deq_config(*, limit_train: int, downsample: int, solver: str) -> dict
                       "solver": {"name": solver, "max_iter": 4, "tol": 1e-4}},
             "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3,
                       "selection": {"metric": "clean", "limit": 16}}}
+
+
+class CountedCalls:
+    """Replaces ``owner.name`` (via ``monkeypatch``) by a wrapper that counts finished calls
+    in ``calls`` and raises KeyboardInterrupt (a Ctrl-C) instead of call ``stop_after`` + 1
+    while ``stop_after`` is not None."""
+
+    def __init__(self, monkeypatch, owner, name: str, stop_after: int | None = None):
+        self.real = getattr(owner, name)
+        self.calls = 0
+        self.stop_after = stop_after
+        monkeypatch.setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        if self.calls == self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.real(*args, **kwargs)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import digits_deq_config
+from conftest import CountedCalls, digits_deq_config
 
 
 ATTACK = {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 1}
@@ -91,15 +91,7 @@ def test_an_evaluation_cut_in_one_process_resumes_in_two(tmp_path, monkeypatch):
     options = ["--eps", "0.005", "--limit", "10", "--no-autoattack", "--early-index", "2",
                "--early-exit", "--quiet"]
     assert main(["evaluate", str(run), "--out", str(tmp_path / "one"), *options]) == 0
-    real, batches = matrix.witness_nonconverged, []
-
-    def cut_after_four(*args, **kwargs):
-        if len(batches) == 4:
-            raise KeyboardInterrupt
-        batches.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(matrix, "witness_nonconverged", cut_after_four)
+    CountedCalls(monkeypatch, matrix, "witness_nonconverged", stop_after=4)  # a call a batch
     assert main(["evaluate", str(run), "--out", str(tmp_path / "two"), *options]) == 130
     on_two_processes("evaluate", str(run), "--out", str(tmp_path / "two"), *options, "--resume")
     one, two = (json.loads((tmp_path / name / "results.json").read_text())

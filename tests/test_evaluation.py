@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import digits_deq_config
+from conftest import CountedCalls, digits_deq_config
 from deqshield.cli import main
 from deqshield.io.config import parse_config
 from deqshield.evaluate.run import evaluate_run
@@ -63,22 +63,11 @@ def test_an_interrupted_evaluation_resumes_to_the_same_verdicts(run_dir, tmp_pat
 
     options = ["--eps", "0.01", "--limit", "12", "--early-index", "2", "--no-autoattack",
                "--early-exit", "--quiet"]
-    batches: list[int] = []
-    cut: list[int] = []
-    real = matrix.witness_nonconverged
-
-    def counted(*args, **kwargs):
-        if len(batches) in cut:
-            raise KeyboardInterrupt
-        batches.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(matrix, "witness_nonconverged", counted)
+    batches = CountedCalls(monkeypatch, matrix, "witness_nonconverged")  # one call a batch
     assert main(["evaluate", str(run_dir), *options, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-    attacked_whole = len(batches)
-    batches.clear()
-    cut.append(3)
+    attacked_whole = batches.calls
+    batches.calls, batches.stop_after = 0, 3
     out = tmp_path / "cut"
     assert main(["evaluate", str(run_dir), *options, "--out", str(out)]) == 130
     assert "--resume" in capsys.readouterr().err
@@ -89,10 +78,9 @@ def test_an_interrupted_evaluation_resumes_to_the_same_verdicts(run_dir, tmp_pat
     assert main(["evaluate", str(run_dir), *options, "--out", str(out)]) == 2
     assert main(["evaluate", str(run_dir), *options, "--seed", "3", "--resume",
                  "--out", str(out)]) == 2  # another seed: another evaluation
-    batches.clear()
-    cut.clear()
+    batches.calls, batches.stop_after = 0, None
     assert main(["evaluate", str(run_dir), *options, "--resume", "--out", str(out)]) == 0
-    assert len(batches) == attacked_whole - 3 > 0
+    assert batches.calls == attacked_whole - 3 > 0
     resumed = json.loads((out / "results.json").read_text())
     for part in ("per_sample", "aggregate", "defenses", "attacks"):
         assert resumed[part] == whole[part], part

@@ -13,6 +13,7 @@ from statistics import NormalDist
 import pytest
 import torch
 from torch import Tensor, nn
+from conftest import CountedCalls
 
 from deqshield.attacks.pgd import PGD
 from deqshield.cli import main
@@ -322,16 +323,7 @@ def test_an_interrupted_certification_resumes_to_the_same_records(noise_run, tmp
     whole_dir = tmp_path / "whole"
     assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(whole_dir)]) == 0
     whole = json.loads((whole_dir / "smoothing.json").read_text())
-    calls = []
-    real_certify = report.certify
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_certify(*args, **kwargs)
-
-    monkeypatch.setattr(report, "certify", interrupted)
+    certify = CountedCalls(monkeypatch, report, "certify", stop_after=2)
     out = tmp_path / "cut"
     assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 130
     assert not (out / "smoothing.json").exists()
@@ -339,7 +331,7 @@ def test_an_interrupted_certification_resumes_to_the_same_records(noise_run, tmp
     assert len(partial.read_text().splitlines()) == 3  # the header and two images
     with partial.open("a") as file:
         file.write('{"index": 3, "torn')  # a line cut short by the crash is redone
-    monkeypatch.setattr(report, "certify", real_certify)
+    certify.stop_after = None
     # partial records are never silently overwritten or ignored
     assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 2
     other = [*SMOOTH_OPTIONS[:-2], "4", "--quiet"]  # another seed: another job

@@ -29,6 +29,7 @@ def _train(args: argparse.Namespace) -> int:
         check_device(args.device)
     config = load_config(args.config)
     prepare_output_dir(args.out, "--out")
+
     def hint() -> str:
         last = latest_checkpoint(args.out)
         saved = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
