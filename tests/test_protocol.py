@@ -41,6 +41,15 @@ def test_eps_zero_every_attack_gives_clean_accuracy(setup):
         assert table.worst_case_accuracy(defense) == table.clean_accuracy(defense)
 
 
+def test_progress_counts_attacks_and_each_columns_samples(setup, capsys):
+    model, data = setup
+    specs = [AttackSpec(attack=PGD_FIXED, label="a"), AttackSpec(attack=PGD_FIXED, label="b")]
+    evaluate_matrix(model, data, [Final()], specs, batch_size=4)
+    shown = capsys.readouterr().err
+    assert "2/2 attacks" in shown  # the column bar: no sample-rate ETA across columns
+    assert "samples" in shown and "sample/s" in shown  # the current column's own bar
+
+
 def test_early_exit_matches_exhaustive_per_sample(setup):
     model, data = setup
     specs = [AttackSpec(attack=PGD(eps=0.2, step_size=0.1, steps=2), label="ce"),

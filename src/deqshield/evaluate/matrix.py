@@ -14,6 +14,10 @@ the same per-sample verdicts as the exhaustive one; AutoAttack draws its own ran
 batch (equal in distribution).
 Under ``torchrun`` each process attacks its shard of the samples
 (:mod:`deqshield.sharding`) and every column's outcomes are merged.
+Progress shows two bars: the columns done (no ETA: their costs differ by orders of magnitude,
+a full-unroll APGD-T column costs hundreds of PGD-10 columns) and, below it, the current
+column's samples, whose rate and ETA count only the samples attacked in this run (batches
+replayed from the journal are its starting count, not its speed).
 """
 
 from __future__ import annotations
@@ -106,18 +110,19 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
                          for readout in defenses])
     table.clean.update(zip(rows, clean))
     alive = clean.clone()
-    bar = tqdm(total=len(columns) * len(y_all), disable=not progress or not shard.is_main,
-               desc="evaluate", unit="sample")
+    shown = progress and shard.is_main
+    bar = tqdm(total=len(columns), disable=not shown, desc="evaluate", unit="attack",
+               bar_format="{desc}: {n}/{total} attacks [{elapsed}]{postfix}")
     for column, spec in zip(columns, attacks):
         bar.set_postfix_str(column)
         attacked = alive if early_exit else clean
         key = column_key(x_all, y_all, rows, spec, attacked, seed)
         pending = attacked & shard.owns(len(y_all))
         broken, unconverged, findings = _run_column(model, defenses, spec, x_all, y_all,
-                                                    pending, batch_size, seed, bar.update, key)
+                                                    pending, batch_size, seed, shown, key)
         broken, unconverged = shard.merge(broken), shard.merge(unconverged)
         findings = shard.merge_lists(findings)
-        bar.update(len(y_all) - int(pending.any(dim=0).sum()))
+        bar.update()
         for d, row in enumerate(rows):
             attacked = (alive[d] if early_exit else clean[d]).clone()
             verdict = as_verdict(~broken[d], attacked, clean[d])
@@ -132,16 +137,17 @@ def evaluate_matrix(model: Classifier, data: Dataset, defenses: Sequence[Readout
 
 def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec,
                 x_all: Tensor, y_all: Tensor, pending: Tensor, batch_size: int, seed: int,
-                tick, key: str) -> tuple[Tensor, Tensor, list[str]]:
+                progress: bool, key: str) -> tuple[Tensor, Tensor, list[str]]:
     """Attack the ``pending`` (defense, sample) pairs (D, N), batch by batch: (broken (D, N),
     unconverged (D, N): the witness's forward solve does not converge, findings). The batches
-    the evaluation journal holds under ``key`` are replayed, the others attacked and
-    journaled (:mod:`deqshield.evaluate.journal`)."""
+    the evaluation journal holds under ``key`` are replayed (the progress bar's starting
+    count), the others attacked and journaled (:mod:`deqshield.evaluate.journal`)."""
     starts = column_starts(spec, x_all, seed)
     broken = torch.zeros(len(defenses), len(y_all), dtype=torch.bool)
     unconverged = torch.zeros_like(broken)
     findings: list[str] = []
     journal = current_journal()
+    total = int(pending.any(dim=0).sum())
     pending = pending.clone()
     for record in journal.replay(key):
         part, part_broken, part_unconverged = replayed(record)
@@ -151,8 +157,9 @@ def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec
         unconverged[:, part] = part_unconverged[:, mine]
         pending[:, part] = False
         findings.extend(f for f in record["findings"] if f not in findings)
-        tick(len(part))
     indices = pending.any(dim=0).nonzero().squeeze(1)
+    samples = tqdm(total=total, initial=total - len(indices), disable=not progress,
+                   desc="  samples", unit="sample", leave=False)
     for part in indices.split(batch_size) if len(indices) else ():  # split() of [] gives [[]]
         result = spec.attack.run(model, spec.path, x_all[part], y_all[part], defenses=defenses,
                                  start=None if starts is None else starts[:, part],
@@ -161,7 +168,8 @@ def _run_column(model: Classifier, defenses: Sequence[Readout], spec: AttackSpec
         unconverged[:, part] = witness_nonconverged(model, result)
         findings.extend(f for f in result.findings if f not in findings)
         journal.keep(key, part, broken[:, part], unconverged[:, part], result.findings)
-        tick(len(part))
+        samples.update(len(part))
+    samples.close()
     return broken, unconverged, findings
 
 
