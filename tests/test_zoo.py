@@ -269,6 +269,12 @@ def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(zoo_root, deq
     assert "not zoo:" in capsys.readouterr().err
     assert main(["zoo", "update", CERDEQ, "--evaluation", str(out)]) == 2
     assert "not zoo:" in capsys.readouterr().err
+    assert main(["zoo", "update", DEQ, "--note", "re-evaluation under way", "--note", "b"]) == 0
+    noted = store.card(DEQ)
+    assert noted.notes == ("re-evaluation under way", "b")
+    assert dataclasses.replace(noted, notes=after.notes) == after  # nothing else changed
+    assert main(["zoo", "update", DEQ]) == 2
+    assert "--note" in capsys.readouterr().err
 
 
 def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run, tmp_path,
@@ -290,6 +296,7 @@ def test_render_lists_every_model_with_its_commands(in_zoo):
     assert "| 12 s |" in text and "test machine" in text
     assert zoo.card(CERDEQ).retrain_command in text
     assert "deqshield evaluate zoo:x --eps 0.1" in text
+    assert "\ntiny\n" in text and "\ndigits\n" in text  # the card's notes
 
 
 def test_docs_zoo_is_current(monkeypatch):

@@ -30,8 +30,14 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from deqshield.zoo.package import update_evaluation, update_smoothing
+    from deqshield.zoo.package import update_evaluation, update_notes, update_smoothing
 
+    if args.evaluation is None and args.smoothing is None:
+        if args.evaluate_command:
+            raise InputError("--evaluate-command goes with --evaluation")
+        card = update_notes(args.name, args.note)
+        print(f"updated the notes of {card.name} ({len(card.notes)}); {REGENERATE}")
+        return 0
     if args.smoothing is not None:
         if args.evaluate_command:
             raise InputError("--evaluate-command goes with --evaluation, not --smoothing")
@@ -100,9 +106,9 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
                      "(repeatable)")
     update = commands.add_parser(
         "update", help="replace a zoo model's evaluation figures (or a smoothed model's "
-                       "smoothing record) by a re-evaluation of it")
+                       "smoothing record) by a re-evaluation of it, or only its notes")
     update.add_argument("name", metavar="NAME")
-    measured = update.add_mutually_exclusive_group(required=True)
+    measured = update.add_mutually_exclusive_group()
     measured.add_argument("--evaluation", type=Path,
                           help="folder with results.json of deqshield evaluate zoo:NAME")
     measured.add_argument("--smoothing", type=Path,
@@ -111,7 +117,8 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     update.add_argument("--evaluate-command", default="",
                         help="the command that produced it (default: keep the card's)")
     update.add_argument("--note", action="append", default=[],
-                        help="the card's notes (repeatable; default: keep the card's)")
+                        help="the card's notes (repeatable; default: keep the card's; "
+                             "alone: replace only the notes)")
     update.set_defaults(run=_update)
     add.add_argument("--data-dir", help="data directory (overrides the run's data root)")
     add.add_argument("--force", action="store_true", help="replace an existing zoo model")

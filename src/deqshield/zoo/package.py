@@ -173,6 +173,17 @@ def update_smoothing(name: str, smoothing: Path, *, notes: Sequence[str] = ()) -
     return updated
 
 
+def update_notes(name: str, notes: Sequence[str]) -> Card:
+    """Replace the notes of zoo model ``name`` (figures, weights and config kept): for what a
+    card must say before a new measurement is done, e.g. that one is under way. Returns the
+    new card."""
+    if not notes:
+        raise InputError("give the card's new notes (--note, repeatable)")
+    updated = dataclasses.replace(store.card(name), notes=tuple(notes))
+    _republish(updated)
+    return updated
+
+
 def _republish(card: Card) -> None:
     """Write ``card`` over its model's card, keeping the weights and config."""
     folder = store.model_dir(card.name)

@@ -1,7 +1,7 @@
 """The zoo's cards as Markdown: ``docs/zoo.md`` (one table of the attacked and certified models,
-one of the smoothed models, and per model the commands that retrain and re-evaluate it) and the
-README's results block (the same figures, each beside its command), between the marker lines
-:data:`README_BEGIN` and :data:`README_END` of ``README.md``.
+one of the smoothed models, and per model the commands that retrain and re-evaluate it and the
+card's notes) and the README's results block (the same figures, each beside its command),
+between the marker lines :data:`README_BEGIN` and :data:`README_END` of ``README.md``.
 
 Regenerate with ``python -m deqshield.zoo.render > docs/zoo.md`` and ``python -m
 deqshield.zoo.render --readme`` (from the repository root); tests fail when either is out of
@@ -120,7 +120,8 @@ def smoothed_table(cards: Sequence[Card], commands: bool) -> str:
 
 
 def commands(card: Card) -> str:
-    """The retrain and evaluate (or smoothing certify) commands of one card."""
+    """The retrain and evaluate (or smoothing certify) commands of one card, then its notes
+    (provenance, outside checks, measurements under way)."""
     if card.smoothing is not None:
         evaluate = f"certify (smoothing): `{card.smoothing.command}`"
     else:
@@ -129,7 +130,8 @@ def commands(card: Card) -> str:
     return (f"### `{card.name}`\n\n{card.architecture.description}; "
             f"{card.training.objective} training"
             + (f" on {card.training_machine}" if card.training_machine else "") + ".\n\n"
-            f"- retrain: `{card.retrain_command}`\n- {evaluate}\n")
+            f"- retrain: `{card.retrain_command}`\n- {evaluate}\n"
+            + "".join(f"\n{note}\n" for note in card.notes))
 
 
 def zoo_cards() -> tuple[list[Card], list[Card]]:
