@@ -417,6 +417,12 @@ def test_property_smooth_refuses_every_invalid_number(run, option_value):
     assert_refused_quietly(["smooth", run, "--sigma", "0.25", f"{option}={value}"], run)
 
 
+@pytest.mark.parametrize("sigma", ["0", "-1", "nan"])
+def test_smooth_refuses_a_bad_sigma_in_plain_words(run, sigma):
+    err = refused("smooth", run, f"--sigma={sigma}", unchanged=run.parent, says=("sigma",))
+    assert "pydantic" not in err and "type=" not in err, err
+
+
 CONFIG_KEYS = {
     ("train", "epochs"): [0, -1, True, "2", 1.5],
     ("train", "batch_size"): [0, False, "64", 2.5],

@@ -45,7 +45,9 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ValidationError):
         return "; ".join(
             f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}"
-            f"{e['msg'].removeprefix('Value error, ')}" for e in error.errors())
+            f"{e['msg'].removeprefix('Value error, ')}"
+            + (f", got {e['input']!r}" if isinstance(e.get("input"), (int, float, str)) else "")
+            for e in error.errors())
     if isinstance(error, OSError) and not isinstance(error, DEQShieldError):
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{error.strerror or error}"

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from deqshield.cli.args import SMOOTH, check_options, prepare_resumable_dir
-from deqshield.cli.errors import on_interrupt
+from deqshield.cli.errors import describe, on_interrupt
 from deqshield.convergence import get_convergence_policy
 from deqshield.errors import InputError
 from deqshield.io.runs import output_dir, run_config
@@ -45,7 +45,7 @@ def _smooth(args: argparse.Namespace) -> int:
                              batch=args.batch, readout=parse_readout(args.readout),
                              serialized=serialized)
     except ValidationError as error:
-        raise InputError(f"invalid smoothing settings: {error}") from None
+        raise InputError(f"invalid smoothing settings: {describe(error)}") from None
     run_config(args.run_dir)
     out = output_dir(args.run_dir, args.out)
     with sample_shards(lambda: prepare_resumable_dir(
