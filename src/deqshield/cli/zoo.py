@@ -32,15 +32,13 @@ def _add(args: argparse.Namespace) -> int:
 def _update(args: argparse.Namespace) -> int:
     from deqshield.zoo.package import update_evaluation, update_notes, update_smoothing
 
+    if args.evaluate_command and args.evaluation is None:
+        raise InputError("--evaluate-command goes with --evaluation")
     if args.evaluation is None and args.smoothing is None:
-        if args.evaluate_command:
-            raise InputError("--evaluate-command goes with --evaluation")
         card = update_notes(args.name, args.note)
         print(f"updated the notes of {card.name} ({len(card.notes)}); {REGENERATE}")
         return 0
     if args.smoothing is not None:
-        if args.evaluate_command:
-            raise InputError("--evaluate-command goes with --evaluation, not --smoothing")
         card = update_smoothing(args.name, args.smoothing, notes=args.note)
         print(f"updated the smoothing record of {card.name}: certified "
               f"{percent(card.certified_accuracy)}% at radius {card.eps:g} on "
