@@ -18,6 +18,8 @@ samples some defense counts robust are attacked (no other sample can be such a f
 printed "lowered to" figure is the evaluation's worst case minus those findings.
 
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 [--limit 64]
+
+``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("results", type=Path)
     parser.add_argument("--eps", type=float, required=True)
+    parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--data-dir")
     parser.add_argument("--steps", type=int, default=20)
@@ -91,9 +94,10 @@ def main() -> None:
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     results = json.loads(args.results.read_text())
-    limit = results["samples"] if args.limit is None else args.limit
+    start, limit = args.start, results["samples"] if args.limit is None else args.limit
+    checked = range(start, limit)
     attacked = sorted({i for row in results["defenses"] for i in row["robust_samples"]
-                       if i < limit})
+                       if i in checked})
     x, y = materialize(run.test.subset(attacked, "counted robust"))
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
@@ -110,15 +114,16 @@ def main() -> None:
                                    args.steps, args.restarts, seed=depth)
                     for name in readouts:
                         total[name] |= found[name]
-    print(f"attacked the {len(attacked)} of the first {limit} samples some defense counts robust"
+    print(f"attacked the {len(attacked)} of samples {start}..{limit - 1} some defense counts robust"
           f" ({tally.unconverged} scored sample solves did not converge)")
     for row in results["defenses"]:
         name = row["label"]
-        robust = {i for i in row["robust_samples"] if i < limit}
+        robust = {i for i in row["robust_samples"] if i in checked}
         broken = {attacked[k] for k in total[name].nonzero().squeeze(1).tolist()}
         missed = sorted(robust & broken)
-        print(f"{name}: deqshield robust {len(robust)}/{limit} ({len(robust) / limit:.3f}), "
-              f"lowered to {(len(robust) - len(missed)) / limit:.3f} by the independent "
+        print(f"{name}: deqshield robust {len(robust)}/{len(checked)} "
+              f"({len(robust) / len(checked):.3f}), "
+              f"lowered to {(len(robust) - len(missed)) / len(checked):.3f} by the independent "
               f"attacker; samples deqshield counted robust that it broke: {missed or 'none'}")
 
 
