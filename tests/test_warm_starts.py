@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, cross_entropy
+from deqshield.gradients import Backprop
 from deqshield.models import ConvDEQSettings
 from deqshield.paths import FinalState
 from deqshield.readouts import Early, Ensemble, Final
@@ -59,6 +60,42 @@ def test_a_warm_started_attack_is_scored_by_the_cold_prediction():
     fresh = Final().logits(model, result.witnesses[0]).argmax(1) != y
     assert torch.equal(result.broken[0], fresh)
     assert ((result.x_adv - x).abs().amax() <= 0.1 + 1e-6).item()
+
+
+def test_a_warm_started_backprop_gradient_unrolls_only_the_warm_steps():
+    """With ``Backprop`` the unroll is the forward pass: after a sample's first (full) solve, a
+    warm-started gradient costs the warm solve plus a k-step unroll from the stored state (not
+    the configured 8), and equals autograd through those k iterations."""
+    torch.manual_seed(0)
+    model = ConvDEQSettings(channels=4, solver=Picard(max_iter=8, tol=0.0),
+                            gradient=Backprop(steps=8)).build((1, 8, 8), 10).eval()
+    x, y = torch.rand(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    calls = []
+    model.deq.cell.register_forward_hook(lambda *_: calls.append(1))
+
+    def solve_calls(steps: int) -> int:
+        calls.clear()
+        model.deq.solve(model.inject(x), solver=Picard(max_iter=steps, tol=0.0))
+        return len(calls)
+
+    full, short = solve_calls(8), solve_calls(2)
+    memory, rows, path = WarmStarts(steps=2, batch=3), torch.arange(3), FinalState()
+    calls.clear()
+    with memory.active(rows):
+        path.input_gradient(model, x, y, cross_entropy)
+        assert len(calls) == full + 8  # the first solve is the model's own, unrolled as set
+        start = memory.states.clone()
+        shifted = (x + 0.05).clamp(0, 1)
+        calls.clear()
+        warm = path.input_gradient(model, shifted, y, cross_entropy)
+    assert len(calls) == short + 2
+    probe = shifted.clone().requires_grad_()
+    u = model.inject(probe)
+    z = start
+    for _ in range(2):
+        z = model.deq.cell(z, u)
+    (expected,) = torch.autograd.grad(cross_entropy(model.head(z), y).sum(), probe)
+    torch.testing.assert_close(warm, expected)
 
 
 def retained_bytes(n_steps: int) -> int:

@@ -75,7 +75,9 @@ class DEQLayer(nn.Module):
         replaces the forward pass: the value is its unrolled network's state, in every mode.
         ``gradient`` overrides the layer's mode for this call (e.g. an attack's choice).
         Inside an attack's ``WarmStarts.active`` block the solve starts from the attack's
-        previous state (:mod:`deqshield.solvers.warm`); :meth:`solve` never does.
+        previous state (:mod:`deqshield.solvers.warm`); :meth:`solve` never does. A warm-started
+        ``Backprop`` unrolls as many steps as the warm solve takes (its unroll is the forward
+        pass, so a warm start that shortened only the solve would save nothing).
         """
         mode = gradient or self.gradient
         warm = active_warm_starts()
@@ -87,6 +89,8 @@ class DEQLayer(nn.Module):
             trajectory = self.solve(u, solver=solver, record_states=record_states,
                                     callback=callback, z0=z0)
             memory.remember(trajectory.final, rows)
+            if mode.replaces_forward and solver is not self.solver:  # a warm-started solve
+                mode = mode.at_depth(solver.max_iter)
         if mode.replaces_forward:
             return mode.attach(self.bind(u), trajectory), trajectory
         if not torch.is_grad_enabled():
