@@ -102,3 +102,31 @@ def test_the_overfit_guard_restores_the_best_weights_and_stops(tmp_path, monkeyp
     assert epochs[0].is_best
     for name, value in best.state_dict().items():
         assert torch.equal(value, result.model.state_dict()[name]), name
+
+
+def test_adversaries_easier_than_clean_data_are_flagged():
+    """The warm PGD-AT run that leaked the label: adversaries 95% correct, clean dev 49%."""
+    from deqshield.training.loop import EpochRecord
+
+    def record(train: float, clean: float, robust: bool = True) -> EpochRecord:
+        return EpochRecord(epoch=1, step=1, loss=0.1, train_accuracy=train, train_robust=robust,
+                           eval_accuracy=clean, robust_accuracy=0.0, residual=None,
+                           is_best=True)
+
+    assert record(0.95, 0.49).learned_around_its_attack()
+    assert not record(0.79, 0.95).learned_around_its_attack()  # honest PGD-AT
+    assert not record(0.95, 0.49, robust=False).learned_around_its_attack()  # clean steps
+
+
+def test_training_warns_when_its_adversaries_are_easier_than_clean_data(tmp_path, monkeypatch,
+                                                                       capsys):
+    import deqshield.training.loop as loop
+
+    monkeypatch.setattr(loop, "accuracy", lambda *args, **kwargs: -1.0)  # provoked
+    config = {"data": {"name": "digits", "dev_fraction": 0.1, "limit_train": 64},
+              "model": {"name": "small-cnn", "channels": [4]},
+              "train": {"epochs": 1, "batch_size": 32, "lr": 1e-2,
+                        "objective": {"name": "fast-at", "eps": 0.1},
+                        "selection": {"metric": "clean", "limit": 16}}}
+    train(parse_config(config), tmp_path / "run", progress=False)
+    assert "learned around its training attack" in capsys.readouterr().out

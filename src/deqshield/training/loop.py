@@ -62,6 +62,13 @@ class EpochRecord:
     certified_accuracy: Optional[float] = None
     restored_best: bool = False
 
+    def learned_around_its_attack(self, margin: float = 0.1) -> bool:
+        """The epoch's adversaries were classified better than clean dev images by more than
+        ``margin``: the training attack has been learned around (label leaking, Kurakin et al.
+        2017, or gradient masking), since an honest adversary is never easier than clean data."""
+        return (self.train_robust and self.eval_accuracy is not None
+                and self.train_accuracy > self.eval_accuracy + margin)
+
 
 @dataclass
 class TrainHistory:
@@ -248,6 +255,11 @@ class Trainer:
             certified_accuracy=cert, restored_best=collapsed)
         if collapsed:
             self._restore_best(rob)
+        if record.learned_around_its_attack() and self.context.is_main:
+            tqdm.write(f"warning: the training adversaries were classified better "
+                       f"({record.train_accuracy:.3f}) than clean dev images ({clean:.3f}): the "
+                       f"model has learned around its training attack (label leaking or gradient "
+                       f"masking); its robustness will not hold against other attacks")
         self.log.write(asdict(record), self.progress and self.context.is_main)
         self._save(asdict(record), is_best)
         return record
