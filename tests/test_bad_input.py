@@ -423,6 +423,12 @@ def test_smooth_refuses_a_bad_sigma_in_plain_words(run, sigma):
     assert "pydantic" not in err and "type=" not in err, err
 
 
+@pytest.mark.parametrize("option", [["--checks", "10"], ["--warm-steps", "2"], ["--chained"]])
+def test_smooth_refuses_serialized_options_without_serialized(run, option):
+    refused("smooth", run, "--sigma", "0.25", *option, unchanged=run.parent,
+            says=("--serialized",))
+
+
 CONFIG_KEYS = {
     ("train", "epochs"): [0, -1, True, "2", 1.5],
     ("train", "batch_size"): [0, False, "64", 2.5],

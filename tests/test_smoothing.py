@@ -27,6 +27,7 @@ from deqshield.smoothing import (ABSTAIN, Serialized, Smoothing, WarmChain,
                                  serialized_bound, smoothed_attack)
 from deqshield.smoothing.sampling import base_predictions
 from deqshield.solvers import Anderson, Picard
+from deqshield.validation import unbounded_inputs
 from deqshield.training.noise import GaussianNoise
 from deqshield.training.forward import StepRandomness
 from deqshield.training.objectives import PGDAT, Standard
@@ -138,28 +139,48 @@ def contractive_deq(solver) -> nn.Module:
     return DenseDEQSettings(width=12, init_scale=0.4, solver=solver).build((5,), 3).eval()
 
 
+@pytest.mark.parametrize("chained", [False, True])
 @pytest.mark.parametrize("solver", [Picard(max_iter=80, tol=1e-7),
                                     Anderson(max_iter=40, tol=1e-7)])
-def test_warm_started_chain_reaches_the_independent_predictions(solver):
-    """K warm steps from the previous draw's equilibrium land much closer to the equilibrium
-    than K steps from z_0, and classify every draw as the independent full solves do."""
+def test_warm_started_chain_reaches_the_independent_predictions(solver, chained):
+    """K warm steps from the previous draw's (chained) or the cold batch's equilibrium land
+    much closer to the equilibrium's logits than K steps from z_0, and classify every draw as
+    the independent full solves do."""
     model = contractive_deq(solver)
     readout = Smoothing(sigma=1.0).readout
-    chain = WarmChain(model, readout, steps=8)
+    chain = WarmChain(model, readout, steps=8, chained=chained)
     short = dataclasses.replace(solver, max_iter=8, final_residual=False)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 5, generator=generator)
     for _ in range(6):
         noisy = x + 0.1 * torch.randn(64, 5, generator=generator)
-        warm = chain.predict(noisy)
-        with torch.no_grad():
-            u = model.inject(noisy)
-            equilibrium = model.deq.solve(u).final
-            cold_short = model.deq.solve(u, solver=short).final
-        warm_error = (chain.state - equilibrium).norm()
-        assert warm_error < 0.5 * (cold_short - equilibrium).norm()
-        assert warm_error < 1e-4 * equilibrium.norm()
-        assert torch.equal(warm, base_predictions(model, readout, noisy))
+        warm = chain.logits(noisy)
+        with torch.no_grad(), unbounded_inputs():
+            exact = readout.logits(model, noisy)
+            cold_short = model.head(model.trajectory(noisy, solver=short).final)
+        warm_error = (warm - exact).norm()
+        assert warm_error < 0.5 * (cold_short - exact).norm()
+        assert warm_error < 1e-4 * exact.norm()
+        assert torch.equal(warm.argmax(dim=1), base_predictions(model, readout, noisy))
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_warm_batches_start_from_the_cold_batch_unless_chained(chained):
+    """Anchored, a warm batch's answers depend on the first (cold) batch only, not on the
+    batches between; chained (SRS), they depend on the previous batch."""
+    model = contractive_deq(Picard(max_iter=40, tol=1e-7))
+    readout = Smoothing(sigma=1.0).readout
+    generator = torch.Generator().manual_seed(0)
+    cold, first, second = (torch.randn(16, 5, generator=generator) for _ in range(3))
+
+    def warm_logits(order):
+        chain = WarmChain(model, readout, steps=2, chained=chained)
+        chain.logits(cold)
+        return {id(batch): chain.logits(batch) for batch in order}
+
+    forward, backward = warm_logits([first, second]), warm_logits([second, first])
+    same = torch.equal(forward[id(second)], backward[id(second)])
+    assert same != chained
 
 
 def test_serialized_certificate_agrees_with_plain_at_fewer_cell_evaluations():
@@ -300,7 +321,7 @@ def test_smooth_command_writes_json_and_plot(noise_run, tmp_path):
     srs = json.loads((tmp_path / "srs" / "smoothing.json").read_text())
     assert plain["settings"]["n"] == 200 and plain["settings"]["n0"] == 20
     assert plain["settings"]["alpha"] == 0.01 and plain["seed"] == 7
-    assert srs["settings"]["serialized"] == {"steps": 2, "checks": 50}
+    assert srs["settings"]["serialized"] == {"steps": 2, "checks": 50, "chained": False}
     assert plain["samples"] == len(plain["records"]) == 3
     assert plain["certified_accuracy"]["0"] >= plain["certified_accuracy"]["0.5"]
     assert srs["mean_cell_evaluations"] < plain["mean_cell_evaluations"]

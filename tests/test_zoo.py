@@ -16,13 +16,15 @@ from pydantic import ValidationError
 
 from deqshield import zoo
 from deqshield.certify.run import certify_run
-from deqshield.cli import main
+from deqshield.cli import build_parser, main
+from deqshield.cli.smooth import smoothing_settings
 from deqshield.io.config import parse_config
 from deqshield.errors import CheckpointError, DataError, InputError
 from deqshield.evaluate.run import evaluate_run
 from deqshield.io.runs import load_run
 from deqshield.smoothing.run import smooth_run
-from deqshield.smoothing.sampling import Smoothing
+from deqshield.readouts import Ensemble
+from deqshield.smoothing.sampling import Serialized, Smoothing
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
 from deqshield.zoo.cards import card_json, read_card
@@ -30,7 +32,7 @@ from deqshield.zoo.package import add_run
 from deqshield.zoo.render import (README_BEGIN, README_END, readme_section, render,
                                   split_readme)
 from deqshield.zoo.render import main as main_render
-from deqshield.zoo.smoothed import largest_radius
+from deqshield.zoo.smoothed import largest_radius, smoothing_command
 
 DEQ = "digits-linf-0.1-deq"
 CERDEQ = "digits-linf-0.005-cerdeq"
@@ -545,3 +547,14 @@ def test_zoo_add_checks_the_smoothing_it_packages(smoothed_zoo, smoothed_run, de
     (tmp_path / "smoothing.json").write_text(json.dumps(report))
     with pytest.raises(InputError, match="lacks what deqshield writes"):
         add(SMOOTHED, smoothing=tmp_path)
+
+
+@pytest.mark.parametrize("serialized", [None, Serialized(steps=2, checks=50),
+                                        Serialized(steps=2, checks=50, chained=True)])
+def test_a_smoothed_cards_command_gives_back_its_settings(serialized):
+    settings = Smoothing(sigma=0.5, n0=20, n=300, alpha=0.01, batch=100, readout=Ensemble(),
+                         serialized=serialized)
+    command = smoothing_command("some-model", settings, images=7, seed=3).split()
+    args = build_parser().parse_args(command[1:])
+    assert smoothing_settings(args) == settings
+    assert (args.limit, args.seed) == (7, 3)

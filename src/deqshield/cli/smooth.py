@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,18 +34,28 @@ def parse_readout(text: str) -> Final | Early | Ensemble:
     raise InputError(f"--readout must be final, early:I or ensemble, got {text!r}")
 
 
+def smoothing_settings(args: argparse.Namespace) -> Smoothing:
+    """The validated :class:`Smoothing` settings of ``deqshield smooth``'s options."""
+    check_options(args, SMOOTH)
+    given = {name: value for name, value in (("steps", args.warm_steps),
+                                             ("checks", args.checks),
+                                             ("chained", args.chained or None))
+             if value is not None}
+    if given and not args.serialized:
+        raise InputError("--warm-steps, --checks and --chained apply to --serialized "
+                         "smoothing only")
+    try:
+        return Smoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                         batch=args.batch, readout=parse_readout(args.readout),
+                         serialized=Serialized(**given) if args.serialized else None)
+    except ValidationError as error:
+        raise InputError(f"invalid smoothing settings: {describe(error)}") from None
+
+
 def _smooth(args: argparse.Namespace) -> int:
     from deqshield.smoothing.run import smooth_run
 
-    check_options(args, SMOOTH)
-    try:
-        serialized: Optional[Serialized] = (
-            Serialized(steps=args.warm_steps, checks=args.checks) if args.serialized else None)
-        settings = Smoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-                             batch=args.batch, readout=parse_readout(args.readout),
-                             serialized=serialized)
-    except ValidationError as error:
-        raise InputError(f"invalid smoothing settings: {describe(error)}") from None
+    settings = smoothing_settings(args)
     run_config(args.run_dir)
     out = output_dir(args.run_dir, args.out)
     with sample_shards(lambda: prepare_resumable_dir(
@@ -88,10 +98,13 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="first N test examples (default: all)")
     parser.add_argument("--serialized", action="store_true",
                         help="warm-started noise chain (SRS) with the corrected certificate")
-    parser.add_argument("--warm-steps", type=int, default=3,
+    parser.add_argument("--warm-steps", type=int,
                         help="solver updates per warm-started batch (3)")
-    parser.add_argument("--checks", type=int, default=200,
+    parser.add_argument("--checks", type=int,
                         help="draws also solved cold to bound the chain's error (200)")
+    parser.add_argument("--chained", action="store_true",
+                        help="warm-start each batch from the previous one (SRS's chain) "
+                             "instead of from the cold-solved selection draws")
     parser.add_argument("--readout", default="final", help="final, early:I or ensemble")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: the run directory; required for zoo:NAME)")

@@ -28,11 +28,14 @@ BaseReadout = Annotated[Union[Final, Early, Ensemble], Field(discriminator="name
 @component
 class Serialized:
     """Serialized smoothing (SRS): each noise batch is solved with ``steps`` solver updates
-    warm-started from the previous batch's states; ``checks`` draws (uniform, with replacement)
-    are also solved cold to bound the chain's disagreement with f."""
+    warm-started from the states of the first, cold-solved batch (``chained`` = False) or from
+    the previous batch's final states (``chained`` = True, the chain of Gao et al.); ``checks``
+    draws (uniform, with replacement) are also solved cold to bound the warm answers'
+    disagreement with f."""
 
     steps: Annotated[int, Field(ge=1)] = 3
     checks: Annotated[int, Field(ge=1)] = 200
+    chained: bool = False
 
 
 @component(kw_only=True)

@@ -48,6 +48,7 @@ def smoothing_command(name: str, settings: Smoothing, images: int, seed: int) ->
             f"--n {settings.n} --alpha {settings.alpha:g} --batch {settings.batch} "
             f"--readout {readout_option(settings)} --seed {seed} --limit {images}"
             + (f" --serialized --warm-steps {serialized.steps} --checks {serialized.checks}"
+               + (" --chained" if serialized.chained else "")
                if serialized is not None else "")
             + " --out OUT --data-dir DATA")
 
