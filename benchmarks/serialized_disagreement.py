@@ -1,15 +1,15 @@
 """Where the serialized (warm-started) smoothing chain h and the smoothed model f part ways: for
 each test image, ``--draws`` Gaussian draws are classified both by the warm chain
 (:class:`deqshield.smoothing.serialized.WarmChain`, ``--warm-steps`` K; the first batch of
-``--batch`` draws cold, the others warm) and by f (the model's
-own cold solve, or one with ``--solver-steps`` iterations instead of the model's budget). It
+``--batch`` draws cold, the others warm) and by f (the model's own cold solve, or one with
+``--solver-steps`` iterations instead of the model's budget). It
 counts the disagreements the sound certificate must charge for (h = c_A, f != c_A, with c_A
 f's top class) and how confident h was on them (top-1 minus top-2 softmax probability of the
 warm readout): a disagreement at a high margin cannot be found by re-solving only the chain's
 low-margin draws.
 
-    python benchmarks/serialized_disagreement.py RUN --sigma S [--warm-steps K]
-        [--chained] [--solver-steps N] [--start I] [--limit L] [--draws D] [--data-dir D] [--out DIR]
+    python benchmarks/serialized_disagreement.py RUN --sigma S [--warm-steps K] [--chained]
+        [--solver-steps N] [--start I] [--limit L] [--draws D] [--data-dir D] [--out DIR]
 """
 
 from __future__ import annotations
