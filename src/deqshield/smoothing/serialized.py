@@ -8,13 +8,6 @@ batch b starts from row j of batch b - 1; the first batch is solved cold with th
 The warm answers h_i are then neither independent nor those of f, the model's own solve
 from z_0, so Clopper-Pearson on the counts of h does not bound P[f(x + delta) = c_A].
 
-By default (``Serialized.chained`` False) every warm batch starts instead from the first
-batch's cold-solved states (row j from row j mod n0 of the selection draws): on a DEQ whose
-budgeted solve stops short of its equilibrium the K-step chain drifts from batch to batch
-(measured on the zoo's sigma 0.25 DEQ, K = 2: the chain counted c_A on 77-79% of the draws of
-two test images where f says c_A on all of them; anchored, on 100%). The certificate below
-holds for either start, since it assumes nothing about how h is computed.
-
 The paper corrects this with a second estimate, from draws solved both ways, of how often a
 warm answer c_A is also f's answer, folded into the counts with the failure probability split
 between the two bounds. We use an additive variant whose argument needs nothing about the
@@ -37,6 +30,13 @@ Assumptions: f is deterministic and does not depend on which batch a draw is sol
 floating point); the check indices are independent of the draws. The price is m cold solves
 and a bound loosened by about n r / n = r (r ~ -ln(alpha/2) / m when no disagreement is seen),
 so m must be a few hundred for r to be small. PREDICT always uses independent solves.
+
+By default (``Serialized.chained`` False) every warm batch starts instead from the first
+batch's cold-solved states (row j from row j mod n0 of the selection draws): on a DEQ whose
+budgeted solve stops short of its equilibrium the K-step chain drifts from batch to batch
+(measured on the zoo's sigma 0.25 DEQ, K = 2: the chain counted c_A on 77-79% of the draws of
+two test images where f says c_A on all of them; anchored, on 100%). The certificate above
+holds for either start, since it assumes nothing about how h is computed.
 
 A ceiling that no sound correction escapes: whatever the chain computes, f itself is seen on
 only m draws. Let f say c_A except on a set E of probability eps on which the chain still says
