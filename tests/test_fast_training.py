@@ -108,14 +108,15 @@ def test_adversaries_easier_than_clean_data_are_flagged():
     """The warm PGD-AT run that leaked the label: adversaries 95% correct, clean dev 49%."""
     from deqshield.training.loop import EpochRecord
 
-    def record(train: float, clean: float, robust: bool = True) -> EpochRecord:
-        return EpochRecord(epoch=1, step=1, loss=0.1, train_accuracy=train, train_robust=robust,
+    def record(adversarial: float | None, clean: float) -> EpochRecord:
+        return EpochRecord(epoch=1, step=1, loss=0.1, train_accuracy=0.9, train_robust=False,
                            eval_accuracy=clean, robust_accuracy=0.0, residual=None,
-                           is_best=True)
+                           is_best=True, adversarial_accuracy=adversarial)
 
+    # the warm-up's first step is clean, so the epoch is not train_robust: still flagged
     assert record(0.95, 0.49).learned_around_its_attack()
     assert not record(0.79, 0.95).learned_around_its_attack()  # honest PGD-AT
-    assert not record(0.95, 0.49, robust=False).learned_around_its_attack()  # clean steps
+    assert not record(None, 0.49).learned_around_its_attack()  # only clean steps
 
 
 def test_training_warns_when_its_adversaries_are_easier_than_clean_data(tmp_path, monkeypatch,

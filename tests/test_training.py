@@ -126,6 +126,10 @@ def test_an_epoch_with_a_clean_step_is_not_reported_as_robust(tmp_path):
                       tmp_path / "metrics.jsonl", progress=False)
     first, second = trainer.run().epochs  # steps 0 (clean pretraining), 1 | 2, 3
     assert not first.train_robust and second.train_robust
+    # the accuracy on adversaries counts the adversarial steps only (8 images in epoch 1)
+    assert first.adversarial_accuracy is not None
+    assert first.adversarial_accuracy * 8 == pytest.approx(round(first.adversarial_accuracy * 8))
+    assert second.adversarial_accuracy == pytest.approx(second.train_accuracy)
 
 
 def test_random_depth_never_reaches_evaluation():

@@ -48,7 +48,8 @@ class TrainingDivergedError(DEQShieldError, RuntimeError):
 class EpochRecord:
     """Metrics of one epoch (means over the training examples; dev metrics after the epoch).
     ``train_robust``: every step of the epoch scored adversarial inputs (no pretraining or
-    clean warm-up step), so ``train_accuracy`` is an accuracy on adversaries."""
+    clean warm-up step), so ``train_accuracy`` is an accuracy on adversaries;
+    ``adversarial_accuracy``: the accuracy on the steps that did (None if none did)."""
 
     epoch: int
     step: int
@@ -61,13 +62,14 @@ class EpochRecord:
     is_best: bool
     certified_accuracy: Optional[float] = None
     restored_best: bool = False
+    adversarial_accuracy: Optional[float] = None
 
     def learned_around_its_attack(self, margin: float = 0.1) -> bool:
         """The epoch's adversaries were classified better than clean dev images by more than
         ``margin``: the training attack has been learned around (label leaking, Kurakin et al.
         2017, or gradient masking), since an honest adversary is never easier than clean data."""
-        return (self.train_robust and self.eval_accuracy is not None
-                and self.train_accuracy > self.eval_accuracy + margin)
+        return (self.adversarial_accuracy is not None and self.eval_accuracy is not None
+                and self.adversarial_accuracy > self.eval_accuracy + margin)
 
 
 @dataclass
@@ -116,8 +118,9 @@ class Trainer:
                            "attack": torch.Generator().manual_seed(settings.seed + 1)}
         self.carry: dict[str, torch.Tensor] = {}
         self.position = Position()
-        # this epoch: loss * n, correct, n, residual sum, n scored on adversarial inputs
-        self.sums = torch.zeros(5, dtype=torch.float64)
+        # this epoch: loss * n, correct, n, residual sum, n scored on adversarial inputs, correct
+        # among those
+        self.sums = torch.zeros(6, dtype=torch.float64)
         self.best: Optional[float] = None
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
         self.log = MetricsLog(metrics_path if context.is_main else None)
@@ -185,9 +188,10 @@ class Trainer:
         loss, output = self.step_module(x, y, randomness, jacobian, pretrain)
         residual = (output.trajectory.rel_residual[-1].nan_to_num(0.0).sum().item()
                     if output.trajectory is not None else 0.0)
-        local = torch.tensor([output.loss.item() * len(y),
-                              (output.logits.argmax(1) == y).sum().item(), len(y), residual,
+        correct = (output.logits.argmax(1) == y).sum().item()
+        local = torch.tensor([output.loss.item() * len(y), correct, len(y), residual,
                               len(y) if output.robust else 0.0,
+                              correct if output.robust else 0.0,
                               0.0 if math.isfinite(loss.item()) else 1.0], dtype=torch.float64)
         total = self.context.sum(local)
         self._check_divergence(total, loss.item())
@@ -201,7 +205,7 @@ class Trainer:
         self.scheduler.step()
         pos.step += 1
         pos.batch += int(last)
-        self.sums += total[:5]
+        self.sums += total[:6]
         if self.on_step is not None:
             self.on_step(pos.step)
         # the epoch's last step is checkpointed by _finish_epoch (once, with its metrics)
@@ -214,9 +218,9 @@ class Trainer:
     def _check_divergence(self, total: torch.Tensor, loss: float) -> None:
         threshold = self.settings.divergence_residual
         mean_residual = float(total[3] / total[2])
-        if total[5] == 0 and (threshold is None or mean_residual <= threshold):
+        if total[6] == 0 and (threshold is None or mean_residual <= threshold):
             return
-        self._diverged(f"the loss became {loss}" if total[5] > 0 else
+        self._diverged(f"the loss became {loss}" if total[6] > 0 else
                        f"the mean relative residual {mean_residual:.3g} exceeded {threshold}")
 
     def _diverged(self, cause: str) -> None:
@@ -252,12 +256,13 @@ class Trainer:
             eval_accuracy=clean,
             robust_accuracy=rob,
             residual=float(sums[3] / sums[2]) if sums[3] > 0 else None, is_best=is_best,
-            certified_accuracy=cert, restored_best=collapsed)
+            certified_accuracy=cert, restored_best=collapsed,
+            adversarial_accuracy=float(sums[5] / sums[4]) if sums[4] > 0 else None)
         if collapsed:
             self._restore_best(rob)
         if record.learned_around_its_attack() and self.context.is_main:
             tqdm.write(f"warning: the training adversaries were classified better "
-                       f"({record.train_accuracy:.3f}) than clean dev images ({clean:.3f}): the "
+                       f"({record.adversarial_accuracy:.3f}) than clean dev images ({clean:.3f}): the "
                        f"model has learned around its training attack (label leaking or gradient "
                        f"masking); its robustness will not hold against other attacks")
         self.log.write(asdict(record), self.progress and self.context.is_main)
