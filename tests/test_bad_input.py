@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deqshield.cli import args as cli_args
+from deqshield.validation import SEED_LIMIT
 from deqshield.attacks import PGD
 from deqshield.cli import main
 from deqshield.io.config import load_config, parse_config
@@ -376,6 +377,9 @@ def bad(rule: str) -> st.SearchStrategy[str]:
         return st.integers(max_value=0).map(str) | st.just("1.5") | junk
     if rule == "non_negative":
         return st.integers(max_value=-1).map(str) | st.just("2.5") | junk
+    if rule == "seed":
+        return (st.integers(max_value=-1) | st.integers(min_value=SEED_LIMIT)).map(str) \
+            | st.just("2.5") | junk
     if rule == "non_negative_number":
         return st.floats(max_value=-1e-9, allow_infinity=False).map(str) | junk
     return (st.floats(min_value=1.0).map(str) | st.floats(max_value=-1e-9).map(str)
@@ -384,7 +388,8 @@ def bad(rule: str) -> st.SearchStrategy[str]:
 
 def option_values(rules) -> st.SearchStrategy[tuple[str, str]]:
     names = {cli_args.positive: "positive", cli_args.non_negative: "non_negative",
-             cli_args.non_negative_number: "non_negative_number", cli_args.radius: "radius"}
+             cli_args.non_negative_number: "non_negative_number", cli_args.radius: "radius",
+             cli_args.seed: "seed"}
     return st.sampled_from(sorted(rules)).flatmap(
         lambda dest: st.tuples(st.just("--" + dest.replace("_", "-")),
                                bad(names[rules[dest]])))
@@ -423,6 +428,24 @@ def test_smooth_refuses_a_bad_sigma_in_plain_words(run, sigma):
     assert "pydantic" not in err and "type=" not in err, err
 
 
+@pytest.mark.parametrize("readout", ["early:\u00b2", "early:\u0663", "early:", "early:-1"])
+def test_smooth_refuses_a_readout_index_that_is_not_plain_digits(run, readout):
+    refused("smooth", run, "--sigma", "0.25", "--readout", readout, unchanged=run.parent,
+            says=("--readout must be final, early:I or ensemble",))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify", "smooth"])
+def test_a_seed_beyond_the_generators_range_is_refused(run, command):
+    options = {"evaluate": ["--eps", "0.1"], "certify": [], "smooth": ["--sigma", "0.25"]}
+    refused(command, run, *options[command], "--seed", str(2**63 - 1), unchanged=run.parent,
+            says=("--seed must be an integer >= 0 and < 4294967296",))
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path):
+    code, _, err = cli("train", tmp_path, "--out", tmp_path / "run")
+    assert code == 2 and "is a folder" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("option", [["--checks", "10"], ["--warm-steps", "2"], ["--chained"]])
 def test_smooth_refuses_serialized_options_without_serialized(run, option):
     refused("smooth", run, "--sigma", "0.25", *option, unchanged=run.parent,
@@ -435,6 +458,8 @@ CONFIG_KEYS = {
     ("train", "lr"): [0, -1e-3, "1e-3", True, float("nan"), float("inf")],
     ("data", "dev_fraction"): [1.0, -0.1, "0.1", True],
     ("model", "channels"): [True, 0, "4", 4.5],
+    ("train", "seed"): [-1, 2**63 - 1, "0"],
+    ("data", "seed"): [-1, 2**32],
 }
 SELECTION_EPS = [float("inf"), 2.0, 1.0, -0.1, "0.1", True]
 

@@ -23,6 +23,10 @@ from deqshield.errors import InputError
 INPUT_RANGE = (0.0, 1.0)
 """The valid input range of every deqshield data set and model (images scaled to [0, 1])."""
 
+SEED_LIMIT = 2**32
+"""Seeds lie in [0, 2^32): runs derive per-column, per-process and per-epoch seeds from them by
+adding small offsets, which must stay within ``torch.Generator.manual_seed``'s 64-bit range."""
+
 SLACK = 1e-6
 """Tolerance of range and ball checks (float rounding of projections)."""
 
@@ -34,7 +38,8 @@ def check_number(name: str, value: object, *, minimum: Optional[float] = None,
     kind = "an integer" if integer else "a finite number"
     allowed = " and ".join(part for part in (
         f">= {minimum:g}" if minimum is not None else "",
-        f"< {below:g}" if below is not None else "") if part)
+        f"< {below if isinstance(below, int) else format(below, 'g')}" if below is not None
+        else "") if part)
     wanted = f"{kind}{' ' + allowed if allowed else ''}"
     number_types = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, number_types) or (

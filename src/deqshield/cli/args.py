@@ -18,13 +18,14 @@ from typing import Any, Callable
 
 from deqshield.errors import OutputError
 from deqshield.io.records import PartialRecords
-from deqshield.validation import check_eps, check_number
+from deqshield.validation import SEED_LIMIT, check_eps, check_number
 
 Rule = Callable[[str, Any], Any]
 
 positive = partial(check_number, minimum=1, integer=True)
 non_negative = partial(check_number, minimum=0, integer=True)
 non_negative_number = partial(check_number, minimum=0)
+seed = partial(check_number, minimum=0, below=SEED_LIMIT, integer=True)
 
 
 def radius(name: str, value: float) -> float:
@@ -35,17 +36,17 @@ def radius(name: str, value: float) -> float:
 EVALUATE: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "early_index": positive, "entropy_interval": positive,
     "entropy_steps": non_negative, "entropy_step": non_negative_number,
-    "apgd_iterations": positive, "square_queries": positive, "seed": non_negative,
+    "apgd_iterations": positive, "square_queries": positive, "seed": seed,
     "restarts": positive, "warm_steps": positive, "screen_samples": positive, "keep": positive, "follow": positive,
 }
 CERTIFY: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "pgd_steps": positive, "pgd_restarts": positive,
-    "batch_size": positive, "seed": non_negative,
+    "batch_size": positive, "seed": seed,
 }
 
 SMOOTH: Mapping[str, Rule] = {
     "n": positive, "n0": positive, "batch": positive, "limit": positive, "warm_steps": positive,
-    "checks": positive, "seed": non_negative,
+    "checks": positive, "seed": seed,
 }
 ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number}
 

@@ -29,7 +29,7 @@ def parse_readout(text: str) -> Final | Early | Ensemble:
     if text == "ensemble":
         return Ensemble()
     name, _, index = text.partition(":")
-    if name == "early" and index.isdigit():
+    if name == "early" and index.isascii() and index.isdigit():
         return Early(index=int(index))
     raise InputError(f"--readout must be final, early:I or ensemble, got {text!r}")
 

@@ -27,8 +27,8 @@ Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 DEFAULT_ROOT = Path.home() / ".cache" / "deqshield" / "data"
 DOWNLOAD_HINT = (
-    "pass download=True (the command line's download option) to fetch the official files, "
-    "or point the data directory at an existing copy"
+    "pass download=True (on the command line: deqshield train --download) to fetch the "
+    "official files, or point the data directory (--data-dir) at an existing copy"
 )
 
 

@@ -26,6 +26,7 @@ from deqshield.errors import ConfigError
 from deqshield.models import ModelSpec
 from deqshield.training.objective_spec import ObjectiveSpec
 from deqshield.training.objectives import Certified, Standard
+from deqshield.validation import SEED_LIMIT
 
 
 class Section(BaseModel):
@@ -34,6 +35,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+
 class DataConfig(Section):
     """Which data set, where it lives, and the held-out development split."""
 
@@ -41,7 +44,7 @@ class DataConfig(Section):
     root: Optional[str] = None
     download: bool = False
     dev_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    seed: int = 0
+    seed: Seed = 0
     limit_train: Optional[Annotated[int, Field(ge=1)]] = None
 
 
@@ -98,7 +101,7 @@ class TrainConfig(Section):
     divergence_residual: Optional[Annotated[float, Field(gt=0)]] = None
     selection: SelectionConfig = SelectionConfig()
     overfit_guard: Optional[OverfitGuard] = None
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _overfit_guard_needs_robust_selection(self) -> "TrainConfig":
@@ -153,6 +156,8 @@ def parse_config(raw: Union[dict[str, Any], None], source: str = "config") -> Ex
 def load_config(path: Union[str, Path]) -> ExperimentConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"the config file is a folder: {path} (give the YAML file in it)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
