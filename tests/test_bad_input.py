@@ -230,6 +230,20 @@ def test_case08_cuda_without_a_gpu(config_file, tmp_path):
             unchanged=tmp_path, says=("CUDA is not available",))
 
 
+def test_a_failed_command_leaves_no_empty_output_folder_it_created(tmp_path):
+    config = tmp_path / "mnist.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "data": {"name": "mnist"}}))
+    missing = tmp_path / "no-data"
+    refused("train", config, "--out", tmp_path / "new" / "run", "--data-dir", missing,
+            "--quiet", unchanged=tmp_path, says=("could not find",))
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"  # a folder the user made stays
+    kept.mkdir()
+    refused("train", config, "--out", kept, "--data-dir", missing, "--quiet",
+            unchanged=tmp_path, says=("could not find",))
+    assert kept.is_dir()
+
+
 def test_case09_ctrl_c_names_the_last_checkpoint(config_file, tmp_path, monkeypatch):
     from deqshield.training.loop import Trainer
 
@@ -422,9 +436,10 @@ def test_property_smooth_refuses_every_invalid_number(run, option_value):
     assert_refused_quietly(["smooth", run, "--sigma", "0.25", f"{option}={value}"], run)
 
 
-@pytest.mark.parametrize("sigma", ["0", "-1", "nan"])
+@pytest.mark.parametrize("sigma", ["0", "-1", "nan", "inf", "1e308"])
 def test_smooth_refuses_a_bad_sigma_in_plain_words(run, sigma):
-    err = refused("smooth", run, f"--sigma={sigma}", unchanged=run.parent, says=("sigma",))
+    err = refused("smooth", run, f"--sigma={sigma}", "--quiet", unchanged=run.parent,
+                  says=("sigma",))
     assert "pydantic" not in err and "type=" not in err, err
 
 

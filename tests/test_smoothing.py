@@ -365,6 +365,20 @@ def test_an_interrupted_certification_resumes_to_the_same_records(noise_run, tmp
     assert not list(out.glob("smoothing-records-*"))
 
 
+def test_a_certification_stopped_before_its_first_image_leaves_nothing_to_resume(
+        noise_run, tmp_path, monkeypatch):
+    """A run that fails before finishing an image leaves no partial-records file, so the same
+    command runs again without --resume or --force."""
+    import deqshield.smoothing.report as report
+
+    certify = CountedCalls(monkeypatch, report, "certify", stop_after=0)
+    out = tmp_path / "cut"
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 130
+    assert not list(out.glob("smoothing-records-*"))
+    certify.stop_after = None
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(out)]) == 0
+
+
 def test_an_image_certificate_does_not_depend_on_the_other_images(noise_run):
     from deqshield.io.runs import load_run
     from deqshield.smoothing import certify_samples

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -59,6 +60,28 @@ def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:
             rule(f"--{dest.replace('_', '-')}", value)
 
 
+_created_folders: list[Path] = []  # by prepare_output_dir, in order of creation
+
+
+@contextmanager
+def new_folders_removed_on_failure() -> Iterator[None]:
+    """The folders :func:`prepare_output_dir` creates inside the block are removed again
+    (deepest first) when the block raises and they are still empty: a failed command leaves
+    no empty output folder behind."""
+    start = len(_created_folders)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(_created_folders[start:]):
+            try:
+                folder.rmdir()
+            except OSError:  # it holds something (kept) or is gone
+                pass
+        raise
+    finally:
+        del _created_folders[start:]
+
+
 def prepare_output_dir(path: Path, option: str, *, force: bool | None = None,
                        writes: Sequence[str] = (), ignore: Sequence[str] = ()) -> Path:
     """Create the output folder ``path`` and check that it can be written.
@@ -80,7 +103,9 @@ def prepare_output_dir(path: Path, option: str, *, force: bool | None = None,
         raise OutputError(f"{option} {path} already holds {held}; pass --force to "
                           "overwrite it, or choose another folder")
     try:
+        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
         path.mkdir(parents=True, exist_ok=True)
+        _created_folders.extend(reversed(missing))
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:

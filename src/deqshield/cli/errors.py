@@ -18,6 +18,7 @@ from typing import Any, Callable, NoReturn
 
 from pydantic import ValidationError
 
+from deqshield.cli.args import new_folders_removed_on_failure
 from deqshield.errors import DEQShieldError
 
 USAGE_ERROR = 2
@@ -69,9 +70,11 @@ def add_debug_flag(parser: argparse.ArgumentParser, top_level: bool = False) -> 
 
 
 def run_command(command: Callable[[Any], int], args: argparse.Namespace) -> int:
-    """Run a command; errors become one line and exit code 2, Ctrl-C exit code 130."""
+    """Run a command; errors become one line and exit code 2, Ctrl-C exit code 130; output
+    folders the failed command created and left empty are removed."""
     try:
-        return command(args)
+        with new_folders_removed_on_failure():
+            return command(args)
     except KeyboardInterrupt as interrupt:
         if args.debug:
             raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from deqshield.errors import OutputError
 
@@ -65,7 +65,8 @@ class PartialRecords:
 
 
 class RecordLog:
-    """Appends one process's finished records to its partial file, durably, one per line."""
+    """Appends one process's finished records to its partial file, durably, one per line. A
+    new file left by an error before its first record is deleted (nothing to resume)."""
 
     def __init__(self, path: Path, header: dict[str, Any], resume: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,11 +77,13 @@ class RecordLog:
             self.append(header)
         elif not held.endswith(b"\n"):  # a line torn by a crash stays on its own line
             self.file.write("\n")
+        self.empty = not held  # True until the file holds a record besides the header
 
     def append(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
+        self.empty = False
 
     def close(self) -> None:
         self.file.close()
@@ -88,5 +91,7 @@ class RecordLog:
     def __enter__(self) -> RecordLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error_type: Optional[type], *exc: object) -> None:
         self.close()
+        if error_type is not None and self.empty:
+            self.path.unlink(missing_ok=True)

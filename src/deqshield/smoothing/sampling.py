@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from deqshield.errors import InputError
 from deqshield.models import DEQClassifier
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.settings import component
@@ -44,7 +45,7 @@ class Smoothing:
     estimation draws, failure probability ``alpha``, ``batch`` draws per forward pass, the base
     ``readout``, and ``serialized`` (None: independent solves, Cohen et al.)."""
 
-    sigma: Annotated[float, Field(gt=0)]
+    sigma: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     n0: Annotated[int, Field(ge=1)] = 100
     n: Annotated[int, Field(ge=1)] = 10_000
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.001
@@ -82,11 +83,16 @@ class Sampler(Protocol):
 def noisy_batches(x: Tensor, num: int, sigma: float, batch: int,
                   generator: Optional[torch.Generator]) -> Iterator[Tensor]:
     """``num`` draws x + delta, delta ~ N(0, sigma^2 I) i.i.d., in batches of <= ``batch``;
-    ``x`` is one input of shape (1, ...)."""
+    ``x`` is one input of shape (1, ...). A sigma so large that the draws overflow ``x``'s
+    dtype is an :class:`InputError`."""
     for start in range(0, num, batch):
         size = min(batch, num - start)
         noise = torch.randn((size, *x.shape[1:]), generator=generator, dtype=x.dtype)
-        yield x + sigma * noise.to(x.device)
+        draws = x + sigma * noise.to(x.device)
+        if not torch.isfinite(draws).all():
+            raise InputError(f"sigma {sigma:g} is too large: the noisy inputs overflow "
+                             f"{x.dtype} to Inf")
+        yield draws
 
 
 def base_predictions(model: nn.Module, readout: BaseReadout, x: Tensor) -> Tensor:
