@@ -217,6 +217,13 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     copy = "digits-linf-0.1-deqcopy"  # a zoo model is a run too
     assert main(["zoo", "add", f"zoo:{DEQ}", "--name", copy, *add[5:]]) == 0
     assert zoo.card(copy).sha256 == zoo.card(DEQ).sha256
+    assert main([*add, "--force", "--processes", "0"]) == 2
+    assert "--processes" in capsys.readouterr().err
+    assert main([*add, "--force", "--processes", "2"]) == 0  # trained under torchrun
+    assert zoo.card(DEQ).retrain_command == (
+        "torchrun --nproc_per_node 2 -m deqshield train src/deqshield/configs/"
+        f"digits-conv-deq-pgdat.yaml --out runs/{DEQ} --data-dir DATA")
+    assert main([*add, "--force"]) == 0  # as the other tests expect it
 
 
 def test_zoo_list_and_show(in_zoo, capsys):

@@ -49,7 +49,7 @@ SMOOTH: Mapping[str, Rule] = {
     "n": positive, "n0": positive, "batch": positive, "limit": positive, "warm_steps": positive,
     "checks": positive, "seed": seed,
 }
-ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number}
+ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number, "processes": positive}
 
 
 def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:

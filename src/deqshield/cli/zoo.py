@@ -24,7 +24,7 @@ def _add(args: argparse.Namespace) -> int:
                    smoothing=args.smoothing,
                    wall_time=args.wall_time, machine=args.machine, notes=args.note,
                    evaluate_command=args.evaluate_command, data_dir=args.data_dir,
-                   force=args.force)
+                   processes=args.processes, force=args.force)
     print(f"added {card.name} to {store.root()} (sha256 {card.sha256[:12]}...); {REGENERATE}")
     return 0
 
@@ -99,6 +99,9 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--evaluate-command", default="",
                      help="the command that produced the evaluation (free text)")
     add.add_argument("--wall-time", type=float, help="training wall time in seconds")
+    add.add_argument("--processes", type=int, default=1,
+                     help="training processes (torchrun --nproc_per_node) the run used, for "
+                          "the retrain command (1)")
     add.add_argument("--machine", default="", help="the machine it was trained on (free text)")
     add.add_argument("--note", action="append", default=[], help="a note for the card "
                      "(repeatable)")

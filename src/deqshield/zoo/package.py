@@ -61,13 +61,15 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
             evaluation: Optional[Path] = None, certification: Optional[Path] = None,
             smoothing: Optional[Path] = None, wall_time: Optional[float] = None,
             machine: str = "", notes: Sequence[str] = (), evaluate_command: str = "",
-            data_dir: Optional[str] = None, force: bool = False) -> Card:
+            data_dir: Optional[str] = None, processes: int = 1, force: bool = False) -> Card:
     """Package the run in ``run_dir`` as zoo model ``name`` (see the module docstring) and
     return its card. ``config_file`` names the shipped config (``src/deqshield/configs/``)
     the retrain command uses; ``evaluation``, ``certification`` and ``smoothing`` are the
     folders holding the measurements (see the module docstring); ``data_dir`` overrides the
-    run's data root (the model is built for the shape of its test data). An existing model
-    is replaced only with ``force``."""
+    run's data root (the model is built for the shape of its test data); ``processes`` > 1:
+    the run was trained under ``torchrun`` with that many processes (a config's batch size is
+    per process), and so is the retrain command. An existing model is replaced only with
+    ``force``."""
     check_name(name)
     target = store.root() / name
     if target.exists() and not force:
@@ -112,14 +114,22 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
                           step=run.checkpoint.step, epoch=run.checkpoint.epoch),
         training_wall_time_seconds=wall_time, training_machine=machine,
         deqshield_version=__version__, sha256=store.sha256_of_bytes(weights),
-        retrain_command=(f"deqshield train src/deqshield/configs/{config_file} "
-                         f"--out runs/{name} --data-dir DATA"),
+        retrain_command=retrain_command(name, config_file, processes),
         evaluate_command=evaluate_command, notes=tuple(notes),
         slice_predictions=slice_predictions(model, config.data.name), **figures)
     _publish(target, {store.WEIGHTS: weights,
                       store.CONFIG: yaml.safe_dump(dump_config(config), sort_keys=False).encode(),
                       store.CARD: card_json(card).encode()})
     return card
+
+
+def retrain_command(name: str, config_file: str, processes: int = 1) -> str:
+    """The command that retrains zoo model ``name`` from the shipped ``config_file`` on
+    ``processes`` processes."""
+    launcher = ("deqshield" if processes == 1
+                else f"torchrun --nproc_per_node {processes} -m deqshield")
+    return (f"{launcher} train src/deqshield/configs/{config_file} --out runs/{name} "
+            "--data-dir DATA")
 
 
 def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = "",
