@@ -21,7 +21,7 @@ from deqshield.models import DEQClassifier
 from deqshield.readouts import Early, Ensemble, Final
 from deqshield.settings import component
 from deqshield.smoothing.bounds import clopper_pearson_lower
-from deqshield.validation import unbounded_inputs
+from deqshield.validation import all_finite, unbounded_inputs
 
 BaseReadout = Annotated[Union[Final, Early, Ensemble], Field(discriminator="name")]
 
@@ -89,7 +89,7 @@ def noisy_batches(x: Tensor, num: int, sigma: float, batch: int,
         size = min(batch, num - start)
         noise = torch.randn((size, *x.shape[1:]), generator=generator, dtype=x.dtype)
         draws = x + sigma * noise.to(x.device)
-        if not torch.isfinite(draws).all():
+        if not all_finite(draws):
             raise InputError(f"sigma {sigma:g} is too large: the noisy inputs overflow "
                              f"{x.dtype} to Inf")
         yield draws
