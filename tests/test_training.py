@@ -263,3 +263,21 @@ def test_a_run_remembers_its_data_directory(tmp_path):
           progress=False)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["data"]["root"] == str((tmp_path / "data").resolve())
+
+
+@pytest.mark.parametrize(("local_rank", "expected"), [(None, 0), ("1", 1)])
+def test_plain_cuda_device_becomes_this_process_gpu(monkeypatch, local_rank, expected):
+    """``--device cuda`` names no index; torch.cuda.set_device refuses such a device, so the
+    setup gives it this process's index (LOCAL_RANK, 0 outside torchrun)."""
+    from deqshield.training import distributed
+
+    chosen = []
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    if local_rank is not None:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(distributed, "check_device", torch.device)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    context = distributed.setup("cuda")
+    assert chosen == [torch.device("cuda", expected)]
+    assert context.device == torch.device("cuda", expected)

@@ -60,6 +60,8 @@ def setup(device: Optional[str] = None) -> Context:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     chosen = check_device(device)
     if chosen.type == "cuda":
+        if chosen.index is None:  # plain "cuda": this process's GPU
+            chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if not launched_by_torchrun():
         return Context(0, 1, chosen)
