@@ -94,7 +94,7 @@ def deq_config(size: DemoSize, random_intermediate: bool) -> dict[str, Any]:
 
 
 MODELS = {"PGD-AT": False, "PGD-AT + random intermediates": True}
-ZOO_MODEL = "mnist-linf-0.3-deqpgdat10"
+ZOO_MODEL = "mnist-linf-0.3-deqpgdat20"
 """The shipped MNIST DEQ the demo attacks (on the MNIST test slice inside the package)."""
 
 
