@@ -54,14 +54,14 @@ class Context:
 
 def setup(device: Optional[str] = None) -> Context:
     """Join the process group if launched by torchrun; pick the device (``device`` or auto:
-    ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    CUDA when available, else the CPU). A CUDA device without an index is this process's GPU,
+    ``cuda:LOCAL_RANK`` (``torch.cuda.set_device`` refuses a plain ``cuda``)."""
     if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = check_device(device)
     if chosen.type == "cuda":
-        if chosen.index is None:  # plain "cuda": this process's GPU
-            chosen = torch.device("cuda", local_rank)
+        if chosen.index is None:
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(chosen)
     if not launched_by_torchrun():
         return Context(0, 1, chosen)
