@@ -102,6 +102,25 @@ def test_certify_command(trained_run, tmp_path):
     assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 16
 
 
+def test_test_eps_is_the_radius_selected_and_certified_by_default(tmp_path, monkeypatch):
+    """Trained at EPS_TRAIN, meant for EPS_CERTIFY: the dev selection and certify use the latter."""
+    import deqshield.training.loop as loop
+    radii = []
+    real = loop.certified_accuracy
+    monkeypatch.setattr(loop, "certified_accuracy",
+                        lambda model, data, eps, *rest: radii.append(eps) or real(model, data,
+                                                                                    eps, *rest))
+    config = certified_config(MODELS["cnn7"])
+    config["train"].update(epochs=1)
+    config["train"]["objective"]["test_eps"] = EPS_CERTIFY
+    train(parse_config(config), tmp_path, progress=False)
+    assert radii == [EPS_CERTIFY]
+    assert certify_run(tmp_path, limit=16, pgd_steps=2)["eps"] == EPS_CERTIFY
+    config["train"]["objective"]["test_eps"] = 0.0
+    with pytest.raises(ConfigError, match="test_eps"):
+        parse_config(config)
+
+
 def test_certified_objective_follows_the_eps_schedule():
     objective = Certified(schedule=EpsilonSchedule(target=0.1, start=2, length=4))
     torch.manual_seed(0)

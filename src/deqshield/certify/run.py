@@ -58,7 +58,8 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
     """Evaluate the run in ``run_dir`` (or ``zoo:NAME``) and write :data:`WRITES`
     (``certify.json``, ``certify.md``, ``bound_growth.png``) into ``out`` (default:
     ``run_dir``); returns the JSON content. ``eps`` defaults to the certified objective's
-    target; ``progress`` shows a progress bar over the samples. Under ``torchrun`` each
+    ``certified_eps`` (its test radius, else its training target); ``progress`` shows a
+    progress bar over the samples. Under ``torchrun`` each
     process certifies its share of the samples and only rank 0 draws the bound-growth curve
     and writes."""
     out_dir = output_dir(run_dir, out)
@@ -68,7 +69,7 @@ def certify_run(run_dir: RunPath, *, out: Optional[RunPath] = None,
     if eps is None:
         if not isinstance(objective, Certified):
             raise InputError("the run was not trained with the certified objective: pass eps")
-        eps = objective.eps
+        eps = objective.certified_eps
     check_eps(eps, clip or INPUT_RANGE, name="eps")
     if limit is not None:
         check_number("limit", limit, minimum=1, integer=True)

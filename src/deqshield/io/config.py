@@ -52,8 +52,8 @@ class SelectionConfig(Section):
     """Best-checkpoint selection on the dev split, after every epoch: ``metric`` ``robust`` is
     the accuracy under ``attack`` (ready-made PGD-10 at the final state with the model's training
     gradient and the full deterministic solver), ``clean`` the clean accuracy, ``certified``
-    the certified accuracy at the certified objective's eps (certified training only); on at
-    most ``limit`` dev examples (None: all)."""
+    the certified accuracy at the certified objective's ``certified_eps`` (certified training
+    only); on at most ``limit`` dev examples (None: all)."""
 
     metric: Literal["robust", "clean", "certified"] = "robust"
     attack: PGD = READY_MADE
@@ -113,8 +113,8 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _certified_selection_needs_certified_training(self) -> "TrainConfig":
         if self.selection.metric == "certified" and not isinstance(self.objective, Certified):
-            raise ValueError("selection.metric 'certified' needs objective 'certified' (its "
-                             "eps is the certified radius)")
+            raise ValueError("selection.metric 'certified' needs objective 'certified' (it "
+                             "names the certified radius)")
         return self
 
 

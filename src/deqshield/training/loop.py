@@ -243,7 +243,7 @@ class Trainer:
             if selection.metric == "certified":
                 objective = self.settings.objective
                 assert isinstance(objective, Certified)  # checked by TrainConfig
-                cert = certified_accuracy(self.model, self.dev_data, objective.eps,
+                cert = certified_accuracy(self.model, self.dev_data, objective.certified_eps,
                                           objective.weights.clip, selection.batch_size,
                                           self.context.device)
             score = {"robust": rob, "clean": clean, "certified": cert}[selection.metric]

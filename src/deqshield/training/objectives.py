@@ -142,11 +142,17 @@ class Certified:
     """Certified training: L = (L_c + lambda_n L_n) / (1 + lambda_n) + lambda (L_t + L_r) at
     eps_now = ``schedule(step)``, lambda = lambda_0 (1 - eps_now / eps), eps =
     ``schedule.target`` (see :mod:`deqshield.certify.objective`; ``weights`` holds lambda_n,
-    lambda_0, tau and the valid input range). The logits reported are the clean ones."""
+    lambda_0, tau and the valid input range). The logits reported are the clean ones.
+
+    ``test_eps`` is the radius the model is meant to be certified at: the dev selection's and
+    ``certify``'s default (None: the training radius). Interval-bound training at a larger
+    radius than the tested one tightens the bounds at the tested one (Gowal et al. 2018 train
+    MNIST at eps 0.2 for eps 0.1)."""
 
     name: Literal["certified"] = "certified"
     schedule: EpsilonSchedule = EpsilonSchedule(target=8 / 255, length=1000)
     weights: CertifiedObjective = CertifiedObjective()
+    test_eps: Optional[Annotated[float, Field(gt=0)]] = None
 
     def __post_init__(self) -> None:
         if not self.schedule.target > 0:
@@ -154,8 +160,13 @@ class Certified:
 
     @property
     def eps(self) -> float:
-        """The target radius eps."""
+        """The training target radius eps."""
         return self.schedule.target
+
+    @property
+    def certified_eps(self) -> float:
+        """The radius certified on the dev split and by default: ``test_eps`` or eps."""
+        return self.eps if self.test_eps is None else self.test_eps
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              randomness: StepRandomness = StepRandomness()) -> StepOutput:
