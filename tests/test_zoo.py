@@ -27,10 +27,10 @@ from deqshield.readouts import Ensemble
 from deqshield.smoothing.sampling import Serialized, Smoothing
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
-from deqshield.zoo.cards import card_json, read_card
+from deqshield.zoo.cards import OutsideCheck, card_json, read_card
 from deqshield.zoo.package import add_run
 from deqshield.zoo.render import (README_BEGIN, README_END, readme_section, render,
-                                  split_readme)
+                                  robust_figure, row, split_readme)
 from deqshield.zoo.render import main as main_render
 from deqshield.zoo.smoothed import largest_radius, smoothing_command
 
@@ -284,6 +284,48 @@ def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(zoo_root, deq
     assert dataclasses.replace(noted, notes=after.notes) == after  # nothing else changed
     assert main(["zoo", "update", DEQ]) == 2
     assert "--note" in capsys.readouterr().err
+
+
+def test_an_outside_check_is_recorded_until_a_re_evaluation(zoo_root, deq_run, tmp_path,
+                                                             monkeypatch, capsys):
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo_root, root)
+    monkeypatch.setenv(store.ENVIRONMENT, str(root))
+    before = store.card(DEQ)
+    worst = before.worst_case_accuracy
+    command = "python benchmarks/independent_attack.py zoo:x RESULTS --eps 0.1"
+    assert main(["zoo", "update", DEQ, "--outside-check", str(worst), "--outside-samples", "3",
+                 "--outside-command", command]) == 0
+    checked = store.card(DEQ)
+    assert checked.outside_check == OutsideCheck(command=command, samples=3,
+                                                 worst_case_accuracy=worst)
+    assert dataclasses.replace(checked, outside_check=None) == before
+    assert f"after an outside check of 3 samples (`{command}`: unchanged)" in readme_section()
+    for bad in (["--outside-check", str(worst + 0.01), "--outside-samples", "3",
+                 "--outside-command", command],                            # above the protocol's
+                ["--outside-check", str(worst), "--outside-command", command],  # no samples
+                ["--outside-samples", "3"]):                               # no figure
+        assert main(["zoo", "update", DEQ, *bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert store.card(DEQ) == checked
+    with pytest.raises(ValidationError, match="at most the evaluation's"):
+        dataclasses.replace(store.card(CERDEQ), outside_check=checked.outside_check)
+    out = tmp_path / "again"
+    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
+                 "--no-autoattack", "--quiet"]) == 0
+    assert main(["zoo", "update", DEQ, "--evaluation", str(out)]) == 0
+    assert store.card(DEQ).outside_check is None, "a new evaluation needs its own check"
+
+
+def test_tables_show_the_worst_case_an_outside_check_lowered(in_zoo):
+    card = dataclasses.replace(zoo.card(DEQ), clean_accuracy=1.0, worst_case_accuracy=0.5,
+                               min_over_attacks=0.5, autoattack_accuracy=None)
+    lowered = dataclasses.replace(card, outside_check=OutsideCheck(
+        command="python benchmarks/independent_attack.py", samples=3, worst_case_accuracy=0.25))
+    assert "| 50.0 |" in row(card) and "| 25.0 (50.0) |" in row(lowered)
+    assert robust_figure(lowered).startswith(
+        "25.0% per-sample worst case (final readout) after an outside check of 3 samples "
+        "(`python benchmarks/independent_attack.py`; the protocol said 50.0%)")
 
 
 def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run, tmp_path,

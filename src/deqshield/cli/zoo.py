@@ -11,7 +11,7 @@ from deqshield.cli.args import ZOO_ADD, check_options
 from deqshield.cli.errors import add_debug_flag
 from deqshield.errors import InputError
 from deqshield.zoo import store
-from deqshield.zoo.cards import card_json
+from deqshield.zoo.cards import OutsideCheck, card_json
 from deqshield.zoo.render import percent
 
 
@@ -30,10 +30,25 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from deqshield.zoo.package import update_evaluation, update_notes, update_smoothing
+    from deqshield.zoo.package import (record_outside_check, update_evaluation, update_notes,
+                                       update_smoothing)
 
     if args.evaluate_command and args.evaluation is None:
         raise InputError("--evaluate-command goes with --evaluation")
+    described = (args.outside_samples is not None, bool(args.outside_command))
+    if any(described) if args.outside_check is None else not all(described):
+        raise InputError("--outside-check needs --outside-samples and --outside-command, "
+                         "and they go only with it")
+    if args.outside_check is not None:
+        card = record_outside_check(args.name, OutsideCheck(
+            command=args.outside_command, samples=args.outside_samples,
+            worst_case_accuracy=args.outside_check))
+        if args.note:
+            card = update_notes(args.name, args.note)
+        print(f"recorded the outside check of {card.name}: worst case "
+              f"{percent(card.checked_worst_case)}% (the evaluation's "
+              f"{percent(card.worst_case_accuracy)}%); {REGENERATE}")
+        return 0
     if args.evaluation is None and args.smoothing is None:
         card = update_notes(args.name, args.note)
         print(f"updated the notes of {card.name} ({len(card.notes)}); {REGENERATE}")
@@ -60,7 +75,7 @@ def _list(args: argparse.Namespace) -> int:
         card = store.card(name)
         robust = (f"certified {percent(card.certified_accuracy)}%"
                   if card.certified_accuracy is not None
-                  else f"worst case {percent(card.worst_case_accuracy)}%")
+                  else f"worst case {percent(card.checked_worst_case)}%")
         print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
               f"clean {percent(card.clean_accuracy)}%  {robust}")
     return 0
@@ -115,6 +130,14 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     measured.add_argument("--smoothing", type=Path,
                           help="folder with smoothing.json of deqshield smooth zoo:NAME, "
                                "for a smoothed model")
+    measured.add_argument("--outside-check", type=float, metavar="WORST_CASE",
+                          help="record an outside check of the evaluation: the best "
+                               "defense's worst case (a fraction) once the samples an "
+                               "independent attack broke are counted")
+    update.add_argument("--outside-samples", type=int,
+                        help="the samples the outside check attacked (with --outside-check)")
+    update.add_argument("--outside-command", default="",
+                        help="the outside check's command(s) (with --outside-check)")
     update.add_argument("--evaluate-command", default="",
                         help="the command that produced it (default: keep the card's)")
     update.add_argument("--note", action="append", default=[],

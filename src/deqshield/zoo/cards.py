@@ -85,6 +85,19 @@ class Training:
     epoch: Annotated[int, Field(ge=0)]
 
 
+@component
+class OutsideCheck:
+    """An attack written apart from deqshield's (``benchmarks/independent_attack.py``) run on
+    the ``samples`` the evaluation counted robust for some defense: its ``command`` (or
+    commands, with their budgets) and the best defense's per-sample worst case once the samples
+    it broke are counted, ``worst_case_accuracy``: at most the evaluation's. The tables show
+    this figure, the lower of the two, since an outside attacker has shown it."""
+
+    command: str
+    samples: Annotated[int, Field(ge=1)]
+    worst_case_accuracy: Fraction
+
+
 @component(kw_only=True)
 class Card:
     """A zoo model's card; the constructor validates every field (strict: no string for a
@@ -97,7 +110,8 @@ class Card:
     explicit network. ``slice_predictions``: the labels predicted for the first 64 images of the
     package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice.
     ``smoothing``: the randomized-smoothing certification of a smoothed model (see the module
-    docstring), None otherwise."""
+    docstring), None otherwise. ``outside_check``: an independent attack on the evaluation's
+    verdicts (:class:`OutsideCheck`), None when none was recorded; a re-evaluation drops it."""
 
     name: str
     dataset: str
@@ -127,6 +141,7 @@ class Card:
     results: dict[str, Any] = Field(default_factory=dict)
     slice_predictions: Optional[tuple[int, ...]] = None
     smoothing: Optional[SmoothingRecord] = None
+    outside_check: Optional[OutsideCheck] = None
 
     def __post_init__(self) -> None:
         match = check_name(self.name)
@@ -147,6 +162,18 @@ class Card:
                 0 <= label < self.num_classes for label in self.slice_predictions):
             raise ValueError(f"slice_predictions must be labels in [0, {self.num_classes})")
         self._check_smoothing()
+        check = self.outside_check
+        if check is not None and (self.worst_case_accuracy is None
+                                  or check.worst_case_accuracy > self.worst_case_accuracy):
+            raise ValueError("outside_check.worst_case_accuracy must be at most the "
+                             "evaluation's worst_case_accuracy (it counts the samples the "
+                             "outside attack broke)")
+
+    @property
+    def checked_worst_case(self) -> Optional[float]:
+        """The per-sample worst case after the outside check, else the evaluation's."""
+        check = self.outside_check
+        return self.worst_case_accuracy if check is None else check.worst_case_accuracy
 
     def _check_smoothing(self) -> None:
         """A smoothed card agrees with its record and its name (see the module docstring)."""

@@ -46,7 +46,8 @@ from deqshield.data.base import split_name
 from deqshield.io.runs import ZOO_PREFIX, RunPath, load_run
 from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
-from deqshield.zoo.cards import Architecture, Card, Solver, Training, card_json, check_name
+from deqshield.zoo.cards import (Architecture, Card, OutsideCheck, Solver, Training, card_json,
+                                  check_name)
 from deqshield.zoo.slices import slice_predictions
 from deqshield.zoo.smoothing_figures import (
     check_certified_checkpoint,
@@ -155,7 +156,16 @@ def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = ""
         results={**card.results, **figures["results"]},
         attack_budgets={**card.attack_budgets, **figures["attack_budgets"]},
         evaluate_command=evaluate_command or card.evaluate_command,
-        notes=tuple(notes) or card.notes, deqshield_version=__version__)
+        notes=tuple(notes) or card.notes, deqshield_version=__version__, outside_check=None)
+    _republish(updated)
+    return updated
+
+
+def record_outside_check(name: str, check: OutsideCheck) -> Card:
+    """Record an outside check of zoo model ``name``'s evaluation (see
+    :class:`~deqshield.zoo.cards.OutsideCheck`), replacing any earlier one. Returns the new
+    card."""
+    updated = dataclasses.replace(store.card(name), outside_check=check)
     _republish(updated)
     return updated
 
