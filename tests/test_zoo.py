@@ -239,10 +239,24 @@ def test_zoo_list_and_show(in_zoo, capsys):
     assert json.loads(capsys.readouterr().out)["sha256"] == deq.sha256
 
 
-def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
-    out = tmp_path / "evaluation"
+@pytest.fixture
+def writable_zoo(zoo_root, tmp_path, monkeypatch):
+    """A copy of the temporary zoo that a test may change."""
+    root = tmp_path / "zoo"
+    shutil.copytree(zoo_root, root)
+    monkeypatch.setenv(store.ENVIRONMENT, str(root))
+    return root
+
+
+def reevaluate(out: Path) -> None:
+    """``deqshield evaluate zoo:DEQ`` on 4 images into ``out``."""
     assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
                  "--no-autoattack", "--quiet"]) == 0
+
+
+def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    reevaluate(out)
     results = json.loads((out / "results.json").read_text())
     assert results["samples"] == 4 and results["meta"]["run"] == f"zoo:{DEQ}"
     assert results["meta"]["checkpoint"] == str(in_zoo / DEQ / store.WEIGHTS)
@@ -255,15 +269,11 @@ def test_evaluate_a_zoo_model(in_zoo, tmp_path, capsys):
         "card.json", "config.yaml", "weights.safetensors"]
 
 
-def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(zoo_root, deq_run, tmp_path,
-                                                                   monkeypatch, capsys):
-    root = tmp_path / "zoo"
-    shutil.copytree(zoo_root, root)
-    monkeypatch.setenv(store.ENVIRONMENT, str(root))
+def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(writable_zoo, deq_run,
+                                                                   tmp_path, capsys):
     before = store.card(DEQ)
     out = tmp_path / "again"
-    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
-                 "--no-autoattack", "--quiet"]) == 0
+    reevaluate(out)
     assert main(["zoo", "update", DEQ, "--evaluation", str(out),
                  "--evaluate-command", "deqshield evaluate zoo:x --limit 4"]) == 0
     after = store.card(DEQ)
@@ -286,11 +296,7 @@ def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(zoo_root, deq
     assert "--note" in capsys.readouterr().err
 
 
-def test_an_outside_check_is_recorded_until_a_re_evaluation(zoo_root, deq_run, tmp_path,
-                                                             monkeypatch, capsys):
-    root = tmp_path / "zoo"
-    shutil.copytree(zoo_root, root)
-    monkeypatch.setenv(store.ENVIRONMENT, str(root))
+def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_path, capsys):
     before = store.card(DEQ)
     worst = before.worst_case_accuracy
     command = "python benchmarks/independent_attack.py zoo:x RESULTS --eps 0.1"
@@ -311,8 +317,7 @@ def test_an_outside_check_is_recorded_until_a_re_evaluation(zoo_root, deq_run, t
     with pytest.raises(ValidationError, match="at most the evaluation's"):
         dataclasses.replace(store.card(CERDEQ), outside_check=checked.outside_check)
     out = tmp_path / "again"
-    assert main(["evaluate", f"zoo:{DEQ}", "--out", str(out), "--eps", "0.1", "--limit", "4",
-                 "--no-autoattack", "--quiet"]) == 0
+    reevaluate(out)
     assert main(["zoo", "update", DEQ, "--evaluation", str(out)]) == 0
     assert store.card(DEQ).outside_check is None, "a new evaluation needs its own check"
 
