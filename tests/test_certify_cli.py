@@ -116,9 +116,10 @@ def test_test_eps_is_the_radius_selected_and_certified_by_default(tmp_path, monk
     train(parse_config(config), tmp_path, progress=False)
     assert radii == [EPS_CERTIFY]
     assert certify_run(tmp_path, limit=16, pgd_steps=2)["eps"] == EPS_CERTIFY
-    config["train"]["objective"]["test_eps"] = 0.0
-    with pytest.raises(ConfigError, match="test_eps"):
-        parse_config(config)
+    for radius in (0.0, 1.5):  # not a radius; covers the input range
+        config["train"]["objective"]["test_eps"] = radius
+        with pytest.raises(ConfigError, match="test_eps"):
+            parse_config(config)
 
 
 def test_certified_objective_follows_the_eps_schedule():

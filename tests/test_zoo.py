@@ -299,22 +299,30 @@ def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(writable_zoo,
 def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_path, capsys):
     before = store.card(DEQ)
     worst = before.worst_case_accuracy
-    command = "python benchmarks/independent_attack.py zoo:x RESULTS --eps 0.1"
-    assert main(["zoo", "update", DEQ, "--outside-check", str(worst), "--outside-samples", "3",
-                 "--outside-command", command]) == 0
+    command = "python benchmarks/independent_attack.py zoo:x RESULTS --eps 0.1 | tee log"
+    check = ["--outside-check", str(worst), "--outside-samples", str(before.test_images),
+             "--outside-command", command]
+    assert main(["zoo", "update", DEQ, *check, "--note", "checked"]) == 0
     checked = store.card(DEQ)
-    assert checked.outside_check == OutsideCheck(command=command, samples=3,
+    assert checked.outside_check == OutsideCheck(command=command, samples=before.test_images,
                                                  worst_case_accuracy=worst)
-    assert dataclasses.replace(checked, outside_check=None) == before
-    assert f"after an outside check of 3 samples (`{command}`: unchanged)" in readme_section()
-    for bad in (["--outside-check", str(worst + 0.01), "--outside-samples", "3",
-                 "--outside-command", command],                            # above the protocol's
+    assert (checked.notes, checked.outside_broken) == (("checked", ), 0)
+    assert dataclasses.replace(checked, outside_check=None, notes=before.notes) == before
+    assert "tee log`: unchanged)" in readme_section() and "\\| tee log" in readme_section()
+    one_more = worst + 1 / before.test_images
+    for bad in (["--outside-check", str(one_more), "--outside-samples", "6",  # above the protocol
+                 "--outside-command", command],
+                ["--outside-check", str(worst), "--outside-samples",
+                 str(before.test_images + 1), "--outside-command", command],  # more than tested
                 ["--outside-check", str(worst), "--outside-command", command],  # no samples
-                ["--outside-samples", "3"]):                               # no figure
+                ["--outside-samples", "3"]):                                # no figure
         assert main(["zoo", "update", DEQ, *bad]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["zoo", "update", DEQ, *check, "--evaluation", str(tmp_path)])  # one at a time
+    assert "not allowed with argument --outside-check" in capsys.readouterr().err
     assert store.card(DEQ) == checked
-    with pytest.raises(ValidationError, match="at most the evaluation's"):
+    with pytest.raises(ValidationError, match="needs the evaluation's worst_case_accuracy"):
         dataclasses.replace(store.card(CERDEQ), outside_check=checked.outside_check)
     out = tmp_path / "again"
     reevaluate(out)
@@ -324,13 +332,31 @@ def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_pa
 
 def test_tables_show_the_worst_case_an_outside_check_lowered(in_zoo):
     card = dataclasses.replace(zoo.card(DEQ), clean_accuracy=1.0, worst_case_accuracy=0.5,
-                               min_over_attacks=0.5, autoattack_accuracy=None)
+                               min_over_attacks=0.5, autoattack_accuracy=None, test_images=1000)
     lowered = dataclasses.replace(card, outside_check=OutsideCheck(
-        command="python benchmarks/independent_attack.py", samples=3, worst_case_accuracy=0.25))
+        command="python benchmarks/independent_attack.py", samples=600,
+        worst_case_accuracy=0.25))
     assert "| 50.0 |" in row(card) and "| 25.0 (50.0) |" in row(lowered)
     assert robust_figure(lowered).startswith(
-        "25.0% per-sample worst case (final readout) after an outside check of 3 samples "
-        "(`python benchmarks/independent_attack.py`; the protocol said 50.0%)")
+        "25.0% per-sample worst case (final readout) after an outside check of 600 samples "
+        "(`python benchmarks/independent_attack.py`: 250 broken; the protocol said 50.0%)")
+    # stored float32 fractions: the same 880 of 1000 is not a lowering, 879 is one
+    stored = dataclasses.replace(card, worst_case_accuracy=0.8799999952316284,
+                                 min_over_attacks=0.9)
+    same = dataclasses.replace(stored, outside_check=dataclasses.replace(
+        lowered.outside_check, samples=900, worst_case_accuracy=0.88))
+    assert (same.outside_broken, same.checked_worst_case) == (0, stored.worst_case_accuracy)
+    assert "| 88.0 |" in row(same) and ": unchanged)" in robust_figure(same)
+    one = dataclasses.replace(same, outside_check=dataclasses.replace(
+        same.outside_check, worst_case_accuracy=0.879))
+    assert one.outside_broken == 1 and "| 87.9 (88.0) |" in row(one)
+    with pytest.raises(ValidationError, match="between the 880 samples"):
+        dataclasses.replace(one, outside_check=dataclasses.replace(one.outside_check,
+                                                                   samples=879))
+    # on 10,000 images one sample is 0.01 points: shown, not rounded away
+    big = dataclasses.replace(stored, test_images=10_000, outside_check=dataclasses.replace(
+        same.outside_check, samples=9000, worst_case_accuracy=0.8799))
+    assert big.outside_broken == 1 and "| 87.99 (88.00) |" in row(big)
 
 
 def test_certify_a_zoo_model_reproduces_the_runs_certificate(in_zoo, cerdeq_run, tmp_path,

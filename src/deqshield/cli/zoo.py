@@ -36,18 +36,20 @@ def _update(args: argparse.Namespace) -> int:
     if args.evaluate_command and args.evaluation is None:
         raise InputError("--evaluate-command goes with --evaluation")
     described = (args.outside_samples is not None, bool(args.outside_command))
-    if any(described) if args.outside_check is None else not all(described):
+    if args.outside_check is None:
+        incomplete = any(described)
+    else:
+        incomplete = not all(described)
+    if incomplete:
         raise InputError("--outside-check needs --outside-samples and --outside-command, "
                          "and they go only with it")
     if args.outside_check is not None:
         card = record_outside_check(args.name, OutsideCheck(
             command=args.outside_command, samples=args.outside_samples,
-            worst_case_accuracy=args.outside_check))
-        if args.note:
-            card = update_notes(args.name, args.note)
-        print(f"recorded the outside check of {card.name}: worst case "
-              f"{percent(card.checked_worst_case)}% (the evaluation's "
-              f"{percent(card.worst_case_accuracy)}%); {REGENERATE}")
+            worst_case_accuracy=args.outside_check), notes=args.note)
+        print(f"recorded the outside check of {card.name}: {card.outside_broken} samples "
+              f"broken, worst case {percent(card.checked_worst_case, 2)}% (the evaluation's "
+              f"{percent(card.worst_case_accuracy, 2)}%); {REGENERATE}")
         return 0
     if args.evaluation is None and args.smoothing is None:
         card = update_notes(args.name, args.note)

@@ -52,8 +52,8 @@ class SelectionConfig(Section):
     """Best-checkpoint selection on the dev split, after every epoch: ``metric`` ``robust`` is
     the accuracy under ``attack`` (ready-made PGD-10 at the final state with the model's training
     gradient and the full deterministic solver), ``clean`` the clean accuracy, ``certified``
-    the certified accuracy at the certified objective's ``certified_eps`` (certified training
-    only); on at most ``limit`` dev examples (None: all)."""
+    the certified accuracy at the certified objective's ``test_eps`` (else its schedule's
+    target; certified training only); on at most ``limit`` dev examples (None: all)."""
 
     metric: Literal["robust", "clean", "certified"] = "robust"
     attack: PGD = READY_MADE

@@ -44,6 +44,7 @@ from deqshield.settings import component
 from deqshield.training.adversary import (KLToReference, Warmup, adversary_at, eval_mode,
                                           generate_in_eval_mode, kl_divergence)
 from deqshield.training.forward import StepOutput, StepRandomness, training_forward
+from deqshield.validation import INPUT_RANGE, check_eps
 
 
 @component
@@ -157,6 +158,8 @@ class Certified:
     def __post_init__(self) -> None:
         if not self.schedule.target > 0:
             raise InputError(f"certified training needs eps > 0, got {self.schedule.target}")
+        if self.test_eps is not None:
+            check_eps(self.test_eps, self.weights.clip or INPUT_RANGE, name="test_eps")
 
     @property
     def eps(self) -> float:

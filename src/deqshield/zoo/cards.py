@@ -93,7 +93,7 @@ class OutsideCheck:
     it broke are counted, ``worst_case_accuracy``: at most the evaluation's. The tables show
     this figure, the lower of the two, since an outside attacker has shown it."""
 
-    command: str
+    command: Annotated[str, Field(min_length=1)]
     samples: Annotated[int, Field(ge=1)]
     worst_case_accuracy: Fraction
 
@@ -162,18 +162,45 @@ class Card:
                 0 <= label < self.num_classes for label in self.slice_predictions):
             raise ValueError(f"slice_predictions must be labels in [0, {self.num_classes})")
         self._check_smoothing()
+        self._check_outside_check()
+
+    def images(self, fraction: float) -> int:
+        """A fraction of the test images as a count (the figures are stored as float32
+        fractions, so counts are what is compared)."""
+        return round(fraction * self.test_images)
+
+    def _check_outside_check(self) -> None:
+        """An outside check lowers the evaluation's worst case by at most what it attacked, and
+        attacked at least every sample the best defense was counted robust on."""
         check = self.outside_check
-        if check is not None and (self.worst_case_accuracy is None
-                                  or check.worst_case_accuracy > self.worst_case_accuracy):
+        if check is None:
+            return
+        if self.worst_case_accuracy is None:
+            raise ValueError("an outside check needs the evaluation's worst_case_accuracy")
+        robust = self.images(self.worst_case_accuracy)
+        if self.images(check.worst_case_accuracy) > robust:
             raise ValueError("outside_check.worst_case_accuracy must be at most the "
                              "evaluation's worst_case_accuracy (it counts the samples the "
                              "outside attack broke)")
+        if not robust <= check.samples <= self.test_images:
+            raise ValueError(f"outside_check.samples must be between the {robust} samples the "
+                             "best defense was counted robust on and the "
+                             f"{self.test_images} test images")
+
+    @property
+    def outside_broken(self) -> int:
+        """Samples of the best defense the outside check broke (0 without a check)."""
+        check = self.outside_check
+        if check is None or self.worst_case_accuracy is None:
+            return 0
+        return self.images(self.worst_case_accuracy) - self.images(check.worst_case_accuracy)
 
     @property
     def checked_worst_case(self) -> Optional[float]:
         """The per-sample worst case after the outside check, else the evaluation's."""
         check = self.outside_check
-        return self.worst_case_accuracy if check is None else check.worst_case_accuracy
+        return check.worst_case_accuracy if check and self.outside_broken else (
+            self.worst_case_accuracy)
 
     def _check_smoothing(self) -> None:
         """A smoothed card agrees with its record and its name (see the module docstring)."""

@@ -161,11 +161,12 @@ def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = ""
     return updated
 
 
-def record_outside_check(name: str, check: OutsideCheck) -> Card:
+def record_outside_check(name: str, check: OutsideCheck, *, notes: Sequence[str] = ()) -> Card:
     """Record an outside check of zoo model ``name``'s evaluation (see
-    :class:`~deqshield.zoo.cards.OutsideCheck`), replacing any earlier one. Returns the new
-    card."""
-    updated = dataclasses.replace(store.card(name), outside_check=check)
+    :class:`~deqshield.zoo.cards.OutsideCheck`), replacing any earlier one; ``notes`` replace
+    the card's when given. Returns the new card."""
+    card = store.card(name)
+    updated = dataclasses.replace(card, outside_check=check, notes=tuple(notes) or card.notes)
     _republish(updated)
     return updated
 

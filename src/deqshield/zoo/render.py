@@ -75,16 +75,18 @@ def duration(seconds: Optional[float]) -> str:
 
 
 def table_row(cells: Sequence[str]) -> str:
-    """One Markdown table row."""
-    return "| " + " | ".join(cells) + " |\n"
+    """One Markdown table row (a ``|`` inside a cell escaped)."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n"
 
 
 def worst_case_cell(card: Card) -> str:
     """The worst case after the outside check, the protocol's in parentheses when it was
-    lowered."""
-    checked = percent(card.checked_worst_case)
-    protocol = percent(card.worst_case_accuracy)
-    return checked if checked == protocol else f"{checked} ({protocol})"
+    lowered, in the precision its test images carry."""
+    places = decimals_for(card.test_images)
+    checked = percent(card.checked_worst_case, places)
+    if not card.outside_broken:
+        return checked
+    return f"{checked} ({percent(card.worst_case_accuracy, places)})"
 
 
 def row(card: Card) -> str:
@@ -192,11 +194,10 @@ def outside_check_remark(card: Card, places: int) -> str:
     check = card.outside_check
     if check is None:
         return ""
-    lowered = card.worst_case_accuracy is not None and (
-        check.worst_case_accuracy < card.worst_case_accuracy)
+    broken = card.outside_broken
     return (f" after an outside check of {check.samples} samples (`{check.command}`"
-            + (f"; the protocol said {percent(card.worst_case_accuracy, places)}%)" if lowered
-               else ": unchanged)"))
+            + (f": {broken} broken; the protocol said "
+               f"{percent(card.worst_case_accuracy, places)}%)" if broken else ": unchanged)"))
 
 
 def readme_row(card: Card) -> str:
