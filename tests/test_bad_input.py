@@ -145,6 +145,7 @@ def test_case21_the_final_checkpoint_is_written_once(run):
     ("--early-index", "0", "--early-index must be an integer >= 1, got 0"),    # case 4
     ("--apgd-iterations", "0", "--apgd-iterations must be an integer >= 1"),   # case 4
     ("--square-queries", "-5", "--square-queries must be an integer >= 1"),    # case 4
+    ("--pgd-steps", "0", "--pgd-steps must be an integer >= 1"),               # case 4
     ("--early-index", "999", "between 1 and 5"),                               # case 11
 ])
 def test_case02_03_04_10_11_bad_evaluate_numbers(run, option, value, says):

@@ -44,7 +44,7 @@ def test_evaluation_writes_consistent_results_report_and_plots(run_dir, tmp_path
 def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, capsys):
     code = main(["evaluate", str(run_dir), "--out", str(tmp_path), "--eps", "0.1",
                  "--limit", "8", "--quick", "--entropy", "--entropy-steps", "2",
-                 "--early-index", "2", "--quiet"])
+                 "--early-index", "2", "--pgd-steps", "3", "--quiet"])
     assert code == 0
     assert "per-sample worst case" in capsys.readouterr().out
     written = json.loads((tmp_path / "results.json").read_text())
@@ -52,6 +52,8 @@ def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, cap
     assert sum(label.startswith("entropy-reduction") for label in defenses) == 3
     assert "entropy_change_clean" in written["diagnostics"]
     assert any(attack["label"].startswith("Square") for attack in written["attacks"])
+    assert {attack["attack"]["steps"] for attack in written["protocol"]["attacks"]
+            if attack["attack"]["name"] == "pgd"} == {3}
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_verdicts(run_dir, tmp_path,

@@ -12,12 +12,13 @@ from torch.utils.data import TensorDataset
 
 from conftest import tiny_conv_deq
 from deqshield.attacks import PGD, AutoAttackBridge, cross_entropy
+from deqshield.attacks.pgd import READY_MADE
 from deqshield.models import ConvDEQSettings, DEQClassifier
 from deqshield.evaluate import AttackSpec, Protocol, evaluate_matrix, run_protocol
 from deqshield.evaluate.screening import followed_paths, screen_attacks, strongest_paths
 from deqshield.evaluate.specs import Screening
-from deqshield.evaluate.standard import (full_unroll, redundant_early, standard_attacks,
-                                        standard_protocol)
+from deqshield.evaluate.standard import (AttackBudget, full_unroll, redundant_early,
+                                        standard_attacks, standard_protocol)
 from deqshield.evaluate.verdicts import BROKEN
 from deqshield.paths import ThroughEntropyReduction, UnrolledIntermediate, UnrolledMean
 from deqshield.readouts import Early, Ensemble, EntropyReduction, Final
@@ -201,6 +202,20 @@ def test_the_standard_set_has_the_exact_path_of_every_readout():
                                                                    entropy=entropy)
                if spec.exact and isinstance(spec.path, ThroughEntropyReduction)}
     assert through == {Final(), Early(index=2), Ensemble()}
+
+
+def test_the_budget_sets_the_steps_of_every_pgd_column():
+    """--pgd-steps K: every PGD column takes K steps of 2.5 eps / K (eps / 4 at the default
+    10: the ready-made PGD-10 itself), with the budget's restarts."""
+    model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=6, tol=1e-3)).build((1, 8, 8), 10)
+    assert AttackBudget(restarts=2).pgd == dataclasses.replace(READY_MADE, restarts=2)
+    budget = AttackBudget(pgd_steps=40, restarts=3)
+    pgds = [spec.attack.at_radius(0.3) for spec in
+            standard_attacks(model, early_index=2, budget=budget)
+            if isinstance(spec.attack, PGD)]
+    assert len(pgds) > 5 and {(pgd.steps, pgd.restarts) for pgd in pgds} == {(40, 3)}
+    assert all(pgd.step_size == pytest.approx(2.5 * 0.3 / 40) for pgd in pgds)
+    assert {pgd.label for pgd in pgds} == {"PGD-40 x3"}
 
 
 def test_the_ensemble_readouts_exact_path_matches_finite_differences():

@@ -37,7 +37,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _budget(args: argparse.Namespace) -> AttackBudget:
     """The ``--budget`` preset with the options given explicitly on top."""
     given = {name: getattr(args, name) for name in ("apgd_iterations", "square_queries",
-                                                    "restarts", "warm_steps")
+                                                    "pgd_steps", "restarts", "warm_steps")
              if getattr(args, name) is not None}
     return dataclasses.replace(BUDGETS[args.budget], **given)
 
@@ -114,6 +114,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                              "restarts: fits a 2-core machine); the options below override it")
     parser.add_argument("--apgd-iterations", type=int, help="APGD iterations")
     parser.add_argument("--square-queries", type=int, help="Square queries")
+    parser.add_argument("--pgd-steps", type=int,
+                        help=f"steps of every PGD column, of size 2.5 eps / steps (default "
+                             f"{AttackBudget().pgd_steps}, the papers' ready-made PGD-10)")
     parser.add_argument("--restarts", type=int,
                         help="random restarts of every attack; every attack keeps the first "
                              "misclassified example over iterates and restarts")

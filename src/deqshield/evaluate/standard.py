@@ -69,19 +69,26 @@ READY_MADE_PATH = FinalState(gradient=Phantom())
 @component
 class AttackBudget:
     """Iterations of APGD and queries of Square (the reference defaults: 100 and 5000), the
-    random restarts of every attack (PGD, APGD, Square), and PGD's warm-started solves
-    (``warm_steps``: solver updates per iterate after a full first solve, for the final-state
-    paths; None: every solve from z_0)."""
+    steps of the PGD columns (10, the papers' ready-made PGD-10), the random restarts of every
+    attack (PGD, APGD, Square), and PGD's warm-started solves (``warm_steps``: solver updates
+    per iterate after a full first solve, for the final-state paths; None: every solve from
+    z_0)."""
 
     apgd_iterations: Annotated[int, Field(ge=1)] = 100
     square_queries: Annotated[int, Field(ge=1)] = 5000
+    pgd_steps: Annotated[int, Field(ge=1)] = READY_MADE.steps
     restarts: Annotated[int, Field(ge=1)] = 1
     warm_steps: Optional[Annotated[int, Field(ge=1)]] = None
 
     @property
     def pgd(self) -> PGD:
-        """The protocol's PGD-10 with these restarts and warm starts."""
-        return dataclasses.replace(READY_MADE, restarts=self.restarts, warm_steps=self.warm_steps)
+        """The protocol's PGD: the ready-made PGD-10 (step eps / 4) with ``pgd_steps`` steps of
+        size 2.5 eps / ``pgd_steps`` (Madry et al. 2018's rule, eps / 4 at 10 steps), these
+        restarts and warm starts. More steps of a smaller size find examples that 10 steps
+        miss on a hard-to-attack DEQ."""
+        step_size = READY_MADE.step_size * (READY_MADE.steps / self.pgd_steps)
+        return dataclasses.replace(READY_MADE, steps=self.pgd_steps, step_size=step_size,
+                                   restarts=self.restarts, warm_steps=self.warm_steps)
 
 
 BUDGETS: dict[str, AttackBudget] = {
