@@ -239,6 +239,17 @@ def test_zoo_list_and_show(in_zoo, capsys):
     assert json.loads(capsys.readouterr().out)["sha256"] == deq.sha256
 
 
+def test_zoo_list_gives_a_full_test_set_figure_to_the_image(monkeypatch, capsys):
+    monkeypatch.delenv(store.ENVIRONMENT, raising=False)
+    assert main(["zoo", "list"]) == 0
+    listed = capsys.readouterr().out
+    for name in zoo.names():
+        card = zoo.card(name)
+        if card.certified_accuracy is not None and card.test_images == 10_000:
+            assert f"{name}  " in listed
+            assert f"certified {100 * card.certified_accuracy:.2f}%" in listed
+
+
 @pytest.fixture
 def writable_zoo(zoo_root, tmp_path, monkeypatch):
     """A copy of the temporary zoo that a test may change."""

@@ -12,7 +12,7 @@ from deqshield.cli.errors import add_debug_flag
 from deqshield.errors import InputError
 from deqshield.zoo import store
 from deqshield.zoo.cards import OutsideCheck, card_json
-from deqshield.zoo.render import percent
+from deqshield.zoo.render import decimals_for, percent
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -75,11 +75,12 @@ REGENERATE = ("regenerate docs/zoo.md with: python -m deqshield.zoo.render > doc
 def _list(args: argparse.Namespace) -> int:
     for name in store.names():
         card = store.card(name)
-        robust = (f"certified {percent(card.certified_accuracy)}%"
+        places = decimals_for(card.test_images)
+        robust = (f"certified {percent(card.certified_accuracy, places)}%"
                   if card.certified_accuracy is not None
-                  else f"worst case {percent(card.checked_worst_case)}%")
+                  else f"worst case {percent(card.checked_worst_case, places)}%")
         print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
-              f"clean {percent(card.clean_accuracy)}%  {robust}")
+              f"clean {percent(card.clean_accuracy, places)}%  {robust}")
     return 0
 
 
