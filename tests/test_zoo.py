@@ -83,7 +83,8 @@ def zoo_root(deq_run, cerdeq_run, tmp_path_factory):
                      "--evaluate-command", "deqshield evaluate zoo:x --eps 0.1"]) == 0
         assert main(["zoo", "add", str(cerdeq_run), "--name", CERDEQ,
                      "--config-file", "mnist-cerdeq-eps0.1.yaml",
-                     "--certification", str(cerdeq_run)]) == 0
+                     "--certification", str(cerdeq_run),
+                     "--evaluate-command", "deqshield certify zoo:y"]) == 0
     return root
 
 
@@ -192,7 +193,8 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     shutil.copytree(in_zoo, tmp_path / "zoo")
     monkeypatch.setenv(store.ENVIRONMENT, str(tmp_path / "zoo"))
     add = ["zoo", "add", str(deq_run), "--name", DEQ, "--config-file",
-           "digits-conv-deq-pgdat.yaml", "--evaluation", str(deq_run / "evaluation")]
+           "digits-conv-deq-pgdat.yaml", "--evaluation", str(deq_run / "evaluation"),
+           "--evaluate-command", "deqshield evaluate zoo:x"]
     assert main(add) == 2
     assert "--force" in capsys.readouterr().err
     before = zoo.card(DEQ)
@@ -213,7 +215,10 @@ def test_zoo_add_refuses_to_overwrite_and_checks_its_inputs(in_zoo, deq_run, tmp
     (tmp_path / "results.json").write_text('{"aggregate": {}}')
     with pytest.raises(InputError, match="lacks what deqshield writes"):
         add_run(deq_run, DEQ, config_file="digits-conv-deq-pgdat.yaml", evaluation=tmp_path,
-                force=True)
+                evaluate_command="deqshield evaluate zoo:x", force=True)
+    with pytest.raises(InputError, match="--evaluate-command"):  # a card says how to re-measure
+        add_run(deq_run, DEQ, config_file="digits-conv-deq-pgdat.yaml",
+                evaluation=deq_run / "evaluation", force=True)
     copy = "digits-linf-0.1-deqcopy"  # a zoo model is a run too
     assert main(["zoo", "add", f"zoo:{DEQ}", "--name", copy, *add[5:]]) == 0
     assert zoo.card(copy).sha256 == zoo.card(DEQ).sha256
@@ -303,8 +308,15 @@ def test_zoo_update_records_a_re_evaluation_of_the_shipped_weights(writable_zoo,
     noted = store.card(DEQ)
     assert noted.notes == ("re-evaluation under way", "b")
     assert dataclasses.replace(noted, notes=after.notes) == after  # nothing else changed
+    assert main(["zoo", "update", DEQ, "--evaluate-command", "deqshield evaluate zoo:x"]) == 0
+    commanded = store.card(DEQ)
+    assert (commanded.evaluate_command, commanded.notes) == ("deqshield evaluate zoo:x",
+                                                             noted.notes)
     assert main(["zoo", "update", DEQ]) == 2
     assert "--note" in capsys.readouterr().err
+    assert main(["zoo", "update", DEQ, "--outside-check", "0.5", "--outside-samples", "2",
+                 "--outside-command", "c", "--evaluate-command", "x"]) == 2
+    assert "--evaluate-command goes with" in capsys.readouterr().err
 
 
 def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_path, capsys):

@@ -30,11 +30,12 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from deqshield.zoo.package import (record_outside_check, update_evaluation, update_notes,
-                                       update_smoothing)
+    from deqshield.zoo.package import (record_outside_check, update_evaluation, update_smoothing,
+                                       update_text)
 
-    if args.evaluate_command and args.evaluation is None:
-        raise InputError("--evaluate-command goes with --evaluation")
+    if args.evaluate_command and (args.smoothing is not None or args.outside_check is not None):
+        raise InputError("--evaluate-command goes with --evaluation, or alone to replace the "
+                         "card's")
     described = (args.outside_samples is not None, bool(args.outside_command))
     if args.outside_check is None:
         incomplete = any(described)
@@ -52,8 +53,9 @@ def _update(args: argparse.Namespace) -> int:
               f"{percent(card.worst_case_accuracy, 2)}%); {REGENERATE}")
         return 0
     if args.evaluation is None and args.smoothing is None:
-        card = update_notes(args.name, args.note)
-        print(f"updated the notes of {card.name} ({len(card.notes)}); {REGENERATE}")
+        card = update_text(args.name, args.note, args.evaluate_command)
+        print(f"updated the notes ({len(card.notes)}) and evaluate command of {card.name}; "
+              f"{REGENERATE}")
         return 0
     if args.smoothing is not None:
         card = update_smoothing(args.name, args.smoothing, notes=args.note)
@@ -115,7 +117,8 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
         add.add_argument(f"--{option}", type=Path,
                          help=f"folder with the run's {made_by}")
     add.add_argument("--evaluate-command", default="",
-                     help="the command that produced the evaluation (free text)")
+                     help="the command that produced the evaluation or certification (free "
+                          "text; required with them)")
     add.add_argument("--wall-time", type=float, help="training wall time in seconds")
     add.add_argument("--processes", type=int, default=1,
                      help="training processes (torchrun --nproc_per_node) the run used, for "
@@ -142,7 +145,8 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     update.add_argument("--outside-command", default="",
                         help="the outside check's command(s) (with --outside-check)")
     update.add_argument("--evaluate-command", default="",
-                        help="the command that produced it (default: keep the card's)")
+                        help="the command that produced it (default: keep the card's; alone: "
+                             "replace only the command)")
     update.add_argument("--note", action="append", default=[],
                         help="the card's notes (repeatable; default: keep the card's; "
                              "alone: replace only the notes)")

@@ -87,6 +87,9 @@ def add_run(run_dir: RunPath, name: str, *, config_file: str,
     if smoothing is not None and (evaluation is not None or certification is not None):
         raise InputError("a smoothed model's card records its --smoothing certification "
                          "only, not --evaluation or --certification")
+    if smoothing is None and not evaluate_command:
+        raise InputError("give --evaluate-command: the command that produced the measurements "
+                         "(the card's re-evaluation command)")
     figures: dict[str, Any] = {"results": {}, "attack_budgets": {}}
     for folder, file, read in ((evaluation, "results.json", evaluation_figures),
                                (certification, "certify.json", certification_figures)):
@@ -194,13 +197,18 @@ def update_smoothing(name: str, smoothing: Path, *, notes: Sequence[str] = ()) -
     return updated
 
 
-def update_notes(name: str, notes: Sequence[str]) -> Card:
-    """Replace the notes of zoo model ``name`` (figures, weights and config kept): for what a
-    card must say before a new measurement is done, e.g. that one is under way. Returns the
-    new card."""
-    if not notes:
-        raise InputError("give the card's new notes (--note, repeatable)")
-    updated = dataclasses.replace(store.card(name), notes=tuple(notes))
+def update_text(name: str, notes: Sequence[str] = (), evaluate_command: str = "") -> Card:
+    """Replace the notes and/or the evaluate command of zoo model ``name`` (figures, weights
+    and config kept): for what a card must say before a new measurement is done, e.g. that one
+    is under way, or a command recorded wrong. Returns the new card."""
+    if not notes and not evaluate_command:
+        raise InputError("give the card's new notes (--note, repeatable) and/or its "
+                         "--evaluate-command")
+    card = store.card(name)
+    if evaluate_command and card.smoothing is not None:
+        raise InputError(f"{name} is a smoothed model: its command is its smoothing record's")
+    updated = dataclasses.replace(card, notes=tuple(notes) or card.notes,
+                                  evaluate_command=evaluate_command or card.evaluate_command)
     _republish(updated)
     return updated
 
