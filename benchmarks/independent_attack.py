@@ -10,7 +10,12 @@ input), and implements its own sign-gradient ascent with random restarts, scorin
   unrolled state; the defenses are rebuilt from the settings ``results.json`` records;
 * for an explicit network (no ``deq``) the one surrogate is the network's own logits;
 * losses: cross-entropy and the Carlini-Wagner margin;
-* ``--restarts`` random starts each, ``--steps`` steps of size eps / 4 (and eps / 10).
+* ``--restarts`` random starts each, ``--steps`` steps of size eps / 4 (and eps / 10);
+* or, with ``--autoattack [ATTACK ...]``, the reference AutoAttack (``pyautoattack``, the standard
+  version's budgets: APGD 100 iterations with one restart, 9 target classes, Square 5000
+  queries; all four members, or those listed) on the unrolled logits at the depth of each
+  readout (the solver's ``max_iter`` and every early readout's index), its adversarial
+  examples scored by every defense.
 
 A sample that this attacker breaks for a defense while ``results.json`` lists it among the
 defense's ``robust_samples`` is an outside finding: the evaluation overstated robustness. Only the
@@ -18,6 +23,7 @@ samples some defense counts robust are attacked (no other sample can be such a f
 printed "lowered to" figure is the evaluation's worst case minus those findings.
 
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 [--limit 64]
+    python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t
 
 ``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts).
 """
@@ -26,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
+from pyautoattack import AutoAttack
 from pydantic import TypeAdapter
 from torch import Tensor, nn
 
@@ -56,6 +64,7 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return (other.max(dim=1).values - true).sum()
 
 
+AUTOATTACK_MEMBERS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 LOSSES = {"ce": lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="sum"),
           "margin": margin_loss}
 
@@ -80,6 +89,30 @@ def attack(model, readouts: dict, x: Tensor, y: Tensor, eps: float, depth: int, 
     return broken
 
 
+class Unrolled(nn.Module):
+    """The logits after ``depth`` plain iterations from z_0, as a module for AutoAttack."""
+
+    def __init__(self, model, depth: int):
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        return unrolled_logits(self.model, x, self.depth)
+
+
+def auto_attack(model, readouts: dict, x: Tensor, y: Tensor, eps: float, depth: int,
+                members: list[str], seed: int) -> dict[str, Tensor]:
+    """AutoAttack's standard budgets on the unrolled logits, restricted to ``members``; which
+    of its adversarial examples each defense misclassifies."""
+    adversary = AutoAttack(Unrolled(model, depth), eps=eps, norm="Linf", seed=seed,
+                           version="standard")
+    adversary.attacks_to_run = members  # keeps the standard version's budgets
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=250)
+    with torch.no_grad():
+        return {name: readout.logits(model, x_adv).argmax(1) != y
+                for name, readout in readouts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -90,6 +123,9 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--autoattack", nargs="*", choices=AUTOATTACK_MEMBERS,
+                        help="run AutoAttack (standard budgets; these members, default all "
+                             "four) instead of the sign-gradient attack")
     args = parser.parse_args()
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
@@ -105,15 +141,20 @@ def main() -> None:
     total = {name: torch.zeros(len(y), dtype=torch.bool) for name in readouts}
     early = {spec.index for spec in specs if isinstance(spec, Early)}
     n = model.deq.solver.max_iter if hasattr(model, "deq") else None
-    depths = sorted({1, 2, n, 2 * n} | early) if n is not None else [0]
+    if args.autoattack is not None:
+        members = args.autoattack or AUTOATTACK_MEMBERS
+        runs = [partial(auto_attack, depth=depth, members=members, seed=depth)
+                for depth in (sorted({n} | early) if n is not None else [0])]
+    else:
+        runs = [partial(attack, depth=depth, loss=loss, step=step, steps=args.steps,
+                        restarts=args.restarts, seed=depth)
+                for depth in (sorted({1, 2, n, 2 * n} | early) if n is not None else [0])
+                for loss in LOSSES for step in (args.eps / 4, args.eps / 10)]
     with convergence_tally() as tally:  # one count, not a warning per scored iterate
-        for depth in depths:
-            for loss in LOSSES:
-                for step in (args.eps / 4, args.eps / 10):
-                    found = attack(model, readouts, x, y, args.eps, depth, loss, step,
-                                   args.steps, args.restarts, seed=depth)
-                    for name in readouts:
-                        total[name] |= found[name]
+        for run_attack in runs:
+            found = run_attack(model, readouts, x, y, args.eps)
+            for name in readouts:
+                total[name] |= found[name]
     print(f"attacked the {len(attacked)} of samples {start}..{limit - 1} some defense counts robust"
           f" ({tally.unconverged} scored sample solves did not converge)")
     for row in results["defenses"]:
