@@ -22,8 +22,14 @@ defense's ``robust_samples`` is an outside finding: the evaluation overstated ro
 samples some defense counts robust are attacked (no other sample can be such a finding); the
 printed "lowered to" figure is the evaluation's worst case minus those findings.
 
+With ``--all-samples`` every sample is attacked (a misclassified one is broken unattacked) and
+each defense's accuracy under this attacker alone is printed as well: with ``--autoattack`` the
+reference AutoAttack accuracy a card records (``deqshield zoo update NAME
+--reference-autoattack``).
+
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 [--limit 64]
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t
+    python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t --all-samples
 
 ``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts).
 """
@@ -126,14 +132,17 @@ def main() -> None:
     parser.add_argument("--autoattack", nargs="*", choices=AUTOATTACK_MEMBERS,
                         help="run AutoAttack (standard budgets; these members, default all "
                              "four) instead of the sign-gradient attack")
+    parser.add_argument("--all-samples", action="store_true",
+                        help="attack every sample, not only those some defense counts robust, "
+                             "and print each defense's accuracy under this attacker alone")
     args = parser.parse_args()
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     results = json.loads(args.results.read_text())
     start, limit = args.start, results["samples"] if args.limit is None else args.limit
     checked = range(start, limit)
-    attacked = sorted({i for row in results["defenses"] for i in row["robust_samples"]
-                       if i in checked})
+    attacked = list(checked) if args.all_samples else sorted(
+        {i for row in results["defenses"] for i in row["robust_samples"] if i in checked})
     x, y = materialize(run.test.subset(attacked, "counted robust"))
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
@@ -151,11 +160,15 @@ def main() -> None:
                 for depth in (sorted({1, 2, n, 2 * n} | early) if n is not None else [0])
                 for loss in LOSSES for step in (args.eps / 4, args.eps / 10)]
     with convergence_tally() as tally:  # one count, not a warning per scored iterate
+        with torch.no_grad():  # a misclassified sample is broken before any attack
+            for name, readout in readouts.items():
+                total[name] |= readout.logits(model, x).argmax(1) != y
         for run_attack in runs:
             found = run_attack(model, readouts, x, y, args.eps)
             for name in readouts:
                 total[name] |= found[name]
-    print(f"attacked the {len(attacked)} of samples {start}..{limit - 1} some defense counts robust"
+    which = "" if args.all_samples else " some defense counts robust"
+    print(f"attacked the {len(attacked)} of samples {start}..{limit - 1}{which}"
           f" ({tally.unconverged} scored sample solves did not converge)")
     for row in results["defenses"]:
         name = row["label"]
@@ -166,6 +179,10 @@ def main() -> None:
               f"({len(robust) / len(checked):.3f}), "
               f"lowered to {(len(robust) - len(missed)) / len(checked):.3f} by the independent "
               f"attacker; samples deqshield counted robust that it broke: {missed or 'none'}")
+        if args.all_samples:
+            survived = len(checked) - int(total[name].sum())
+            print(f"{name}: accuracy under this attacker alone {survived}/{len(checked)} "
+                  f"({survived / len(checked):.4f})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from deqshield.readouts import Ensemble
 from deqshield.smoothing.sampling import Serialized, Smoothing
 from deqshield.training.run import train
 from deqshield.zoo import slices, store
-from deqshield.zoo.cards import OutsideCheck, card_json, read_card
+from deqshield.zoo.cards import OutsideCheck, ReferenceAutoAttack, card_json, read_card
 from deqshield.zoo.package import add_run
 from deqshield.zoo.render import (README_BEGIN, README_END, readme_section, render,
                                   robust_figure, row, split_readme)
@@ -351,6 +351,35 @@ def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_pa
     reevaluate(out)
     assert main(["zoo", "update", DEQ, "--evaluation", str(out)]) == 0
     assert store.card(DEQ).outside_check is None, "a new evaluation needs its own check"
+
+
+def test_a_reference_autoattack_is_recorded_and_cannot_undercut_the_worst_case(writable_zoo,
+                                                                               capsys):
+    before = store.card(DEQ)
+    worst = before.checked_worst_case
+    command = "python benchmarks/independent_attack.py zoo:x RESULTS --autoattack --all-samples"
+    assert main(["zoo", "update", DEQ, "--reference-autoattack", str(worst),
+                 "--reference-command", command]) == 0
+    recorded = store.card(DEQ)
+    assert recorded.reference_autoattack == ReferenceAutoAttack(command=command, accuracy=worst)
+    assert dataclasses.replace(recorded, reference_autoattack=None) == before
+    assert f"| {100 * worst:.1f} | {100 * worst:.1f} |" in row(recorded)  # AutoAttack, worst
+    assert "under the reference AutoAttack on every test image" in readme_section()
+    one_less = worst - 1 / before.test_images  # it broke a sample the worst case counts robust
+    above_clean = before.clean_accuracy + 1 / before.test_images
+    for bad in (["--reference-autoattack", str(one_less), "--reference-command", command],
+                ["--reference-autoattack", str(above_clean), "--reference-command", command],
+                ["--reference-autoattack", str(worst)],                   # no command
+                ["--reference-command", command],                        # no figure
+                ["--reference-autoattack", str(worst), "--reference-command", command,
+                 "--evaluate-command", "x"]):
+        assert main(["zoo", "update", DEQ, *bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert store.card(DEQ) == recorded
+    with pytest.raises(SystemExit):  # one record at a time
+        main(["zoo", "update", DEQ, "--reference-autoattack", str(worst), "--outside-check",
+              str(worst)])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_tables_show_the_worst_case_an_outside_check_lowered(in_zoo):

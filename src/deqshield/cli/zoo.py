@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from deqshield.cli.args import ZOO_ADD, check_options
 from deqshield.cli.errors import add_debug_flag
 from deqshield.errors import InputError
 from deqshield.zoo import store
-from deqshield.zoo.cards import OutsideCheck, card_json
+from deqshield.zoo.cards import OutsideCheck, ReferenceAutoAttack, card_json
 from deqshield.zoo.render import decimals_for, percent
 
 
@@ -30,27 +30,32 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from deqshield.zoo.package import (record_outside_check, update_evaluation, update_smoothing,
+    from deqshield.zoo.package import (record_check, update_evaluation, update_smoothing,
                                        update_text)
 
-    if args.evaluate_command and (args.smoothing is not None or args.outside_check is not None):
+    if args.evaluate_command and any(value is not None for value in (
+            args.smoothing, args.outside_check, args.reference_autoattack)):
         raise InputError("--evaluate-command goes with --evaluation, or alone to replace the "
                          "card's")
-    described = (args.outside_samples is not None, bool(args.outside_command))
-    if args.outside_check is None:
-        incomplete = any(described)
-    else:
-        incomplete = not all(described)
-    if incomplete:
-        raise InputError("--outside-check needs --outside-samples and --outside-command, "
-                         "and they go only with it")
+    _check_described("--outside-check", args.outside_check,
+                     ("--outside-samples", args.outside_samples is not None),
+                     ("--outside-command", bool(args.outside_command)))
+    _check_described("--reference-autoattack", args.reference_autoattack,
+                     ("--reference-command", bool(args.reference_command)))
     if args.outside_check is not None:
-        card = record_outside_check(args.name, OutsideCheck(
+        card = record_check(args.name, notes=args.note, outside_check=OutsideCheck(
             command=args.outside_command, samples=args.outside_samples,
-            worst_case_accuracy=args.outside_check), notes=args.note)
+            worst_case_accuracy=args.outside_check))
         print(f"recorded the outside check of {card.name}: {card.outside_broken} samples "
               f"broken, worst case {percent(card.checked_worst_case, 2)}% (the evaluation's "
               f"{percent(card.worst_case_accuracy, 2)}%); {REGENERATE}")
+        return 0
+    if args.reference_autoattack is not None:
+        card = record_check(args.name, notes=args.note, reference_autoattack=ReferenceAutoAttack(
+            command=args.reference_command, accuracy=args.reference_autoattack))
+        print(f"recorded the reference AutoAttack of {card.name}: "
+              f"{percent(args.reference_autoattack, 2)}% of {card.test_images} test images; "
+              f"{REGENERATE}")
         return 0
     if args.evaluation is None and args.smoothing is None:
         card = update_text(args.name, args.note, args.evaluate_command)
@@ -68,6 +73,15 @@ def _update(args: argparse.Namespace) -> int:
     print(f"updated the evaluation figures of {card.name}: worst case "
           f"{percent(card.worst_case_accuracy)}% on {card.test_images} images; {REGENERATE}")
     return 0
+
+
+def _check_described(option: str, value: Optional[float],
+                     *companions: tuple[str, bool]) -> None:
+    """``option`` VALUE needs every companion option and they go only with it."""
+    given = [present for _, present in companions]
+    if (value is None and any(given)) or (value is not None and not all(given)):
+        names = " and ".join(name for name, _ in companions)
+        raise InputError(f"{option} needs {names}, and they go only with it")
 
 
 REGENERATE = ("regenerate docs/zoo.md with: python -m deqshield.zoo.render > docs/zoo.md, and the "
@@ -140,6 +154,12 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
                           help="record an outside check of the evaluation: the best "
                                "defense's worst case (a fraction) once the samples an "
                                "independent attack broke are counted")
+    measured.add_argument("--reference-autoattack", type=float, metavar="ACCURACY",
+                          help="record the reference AutoAttack on every test image "
+                               "(benchmarks/independent_attack.py --all-samples): the best "
+                               "defense's accuracy under it (a fraction)")
+    update.add_argument("--reference-command", default="",
+                        help="the reference AutoAttack's command (with --reference-autoattack)")
     update.add_argument("--outside-samples", type=int,
                         help="the samples the outside check attacked (with --outside-check)")
     update.add_argument("--outside-command", default="",

@@ -98,6 +98,19 @@ class OutsideCheck:
     worst_case_accuracy: Fraction
 
 
+@component
+class ReferenceAutoAttack:
+    """The reference AutoAttack (``pyautoattack`` at the standard version's budgets, the
+    members its ``command`` names) run by ``benchmarks/independent_attack.py --all-samples`` on
+    every one of the card's test images, its adversarial examples scored by the card's best
+    defense: ``accuracy`` is the fraction of the test images that stayed correct. Unlike
+    ``autoattack_accuracy`` (the protocol's own APGD column, unmeasured where the evaluation
+    exits early) it attacks every image, so it is the figure RobustBench lists."""
+
+    command: Annotated[str, Field(min_length=1)]
+    accuracy: Fraction
+
+
 @component(kw_only=True)
 class Card:
     """A zoo model's card; the constructor validates every field (strict: no string for a
@@ -111,7 +124,9 @@ class Card:
     package's test slice of the data set (:mod:`deqshield.zoo.slices`), None without a slice.
     ``smoothing``: the randomized-smoothing certification of a smoothed model (see the module
     docstring), None otherwise. ``outside_check``: an independent attack on the evaluation's
-    verdicts (:class:`OutsideCheck`), None when none was recorded; a re-evaluation drops it."""
+    verdicts (:class:`OutsideCheck`), None when none was recorded; a re-evaluation drops it.
+    ``reference_autoattack``: the reference AutoAttack on every test image
+    (:class:`ReferenceAutoAttack`), None when none was recorded."""
 
     name: str
     dataset: str
@@ -142,6 +157,7 @@ class Card:
     slice_predictions: Optional[tuple[int, ...]] = None
     smoothing: Optional[SmoothingRecord] = None
     outside_check: Optional[OutsideCheck] = None
+    reference_autoattack: Optional[ReferenceAutoAttack] = None
 
     def __post_init__(self) -> None:
         match = check_name(self.name)
@@ -163,6 +179,7 @@ class Card:
             raise ValueError(f"slice_predictions must be labels in [0, {self.num_classes})")
         self._check_smoothing()
         self._check_outside_check()
+        self._check_reference_autoattack()
 
     def images(self, fraction: float) -> int:
         """A fraction of the test images as a count (the figures are stored as float32
@@ -186,6 +203,22 @@ class Card:
             raise ValueError(f"outside_check.samples must be between the {robust} samples the "
                              "best defense was counted robust on and the "
                              f"{self.test_images} test images")
+
+    def _check_reference_autoattack(self) -> None:
+        """The reference AutoAttack leaves at most the clean images correct and at least the
+        samples the (checked) per-sample worst case counts robust: fewer would mean it broke
+        some of them, which an outside check must record first."""
+        reference = self.reference_autoattack
+        if reference is None:
+            return
+        if reference.accuracy > self.clean_accuracy:
+            raise ValueError(f"reference_autoattack.accuracy {reference.accuracy} exceeds "
+                             f"clean_accuracy {self.clean_accuracy}")
+        worst = self.checked_worst_case
+        if worst is not None and self.images(reference.accuracy) < self.images(worst):
+            raise ValueError("reference_autoattack.accuracy is below the per-sample worst "
+                             "case: the reference AutoAttack broke samples the worst case "
+                             "counts robust; record them as an outside check first")
 
     @property
     def outside_broken(self) -> int:

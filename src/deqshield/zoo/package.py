@@ -22,7 +22,8 @@ into place, so a failed packaging leaves no half-written model.
 model's evaluation figures by a re-evaluation of its own weights (``deqshield evaluate
 zoo:NAME``), keeping its weights, training record and certification; ``--smoothing DIR``
 (:func:`update_smoothing`) replaces a smoothed model's smoothing record by a new certification
-of its own weights (``deqshield smooth zoo:NAME``, e.g. on more images).
+of its own weights (``deqshield smooth zoo:NAME``, e.g. on more images); :func:`record_check`
+records an outside check of the evaluation or the reference AutoAttack on the test images.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from deqshield.data.base import split_name
 from deqshield.io.runs import ZOO_PREFIX, RunPath, load_run
 from deqshield.io.weights import tensor_copies
 from deqshield.zoo import store
-from deqshield.zoo.cards import (Architecture, Card, OutsideCheck, Solver, Training, card_json,
-                                  check_name)
+from deqshield.zoo.cards import (Architecture, Card, OutsideCheck, ReferenceAutoAttack, Solver,
+                                  Training, card_json, check_name)
 from deqshield.zoo.slices import slice_predictions
 from deqshield.zoo.smoothing_figures import (
     check_certified_checkpoint,
@@ -164,12 +165,18 @@ def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = ""
     return updated
 
 
-def record_outside_check(name: str, check: OutsideCheck, *, notes: Sequence[str] = ()) -> Card:
-    """Record an outside check of zoo model ``name``'s evaluation (see
-    :class:`~deqshield.zoo.cards.OutsideCheck`), replacing any earlier one; ``notes`` replace
-    the card's when given. Returns the new card."""
+def record_check(name: str, *, notes: Sequence[str] = (),
+                 outside_check: Optional[OutsideCheck] = None,
+                 reference_autoattack: Optional[ReferenceAutoAttack] = None) -> Card:
+    """Record an outside check of zoo model ``name``'s evaluation and/or the reference
+    AutoAttack on its test images (:class:`~deqshield.zoo.cards.OutsideCheck`,
+    :class:`~deqshield.zoo.cards.ReferenceAutoAttack`), replacing any earlier one of the same
+    kind; ``notes`` replace the card's when given. Returns the new card."""
     card = store.card(name)
-    updated = dataclasses.replace(card, outside_check=check, notes=tuple(notes) or card.notes)
+    changes = {key: value for key, value in (("outside_check", outside_check),
+                                             ("reference_autoattack", reference_autoattack))
+               if value is not None}
+    updated = dataclasses.replace(card, **changes, notes=tuple(notes) or card.notes)
     _republish(updated)
     return updated
 
