@@ -32,12 +32,16 @@ reference AutoAttack accuracy a card records (``deqshield zoo update NAME
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t --all-samples
 
 ``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts).
+``--out DIR`` also writes the findings (per defense: the samples it broke among those counted
+robust, and with ``--all-samples`` the accuracy under this attacker) to
+``DIR/independent_attack.json``, so checks made in parts or repeated can be merged by sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +54,7 @@ from deqshield.convergence import convergence_tally
 from deqshield.evaluate.matrix import materialize
 from deqshield.readouts import Early, ReadoutSpec
 from deqshield.io.runs import load_run
+from results_io import write_results
 
 
 def unrolled_logits(model, x: Tensor, depth: int) -> Tensor:
@@ -132,6 +137,7 @@ def main() -> None:
     parser.add_argument("--autoattack", nargs="*", choices=AUTOATTACK_MEMBERS,
                         help="run AutoAttack (standard budgets; these members, default all "
                              "four) instead of the sign-gradient attack")
+    parser.add_argument("--out", type=Path, help="folder for independent_attack.json")
     parser.add_argument("--all-samples", action="store_true",
                         help="attack every sample, not only those some defense counts robust, "
                              "and print each defense's accuracy under this attacker alone")
@@ -170,6 +176,8 @@ def main() -> None:
     which = "" if args.all_samples else " some defense counts robust"
     print(f"attacked the {len(attacked)} of samples {start}..{limit - 1}{which}"
           f" ({tally.unconverged} scored sample solves did not converge)")
+    findings = {"command": " ".join(sys.argv), "samples": [start, limit], "attacked": len(attacked),
+                "defenses": {}}
     for row in results["defenses"]:
         name = row["label"]
         robust = {i for i in row["robust_samples"] if i in checked}
@@ -179,10 +187,15 @@ def main() -> None:
               f"({len(robust) / len(checked):.3f}), "
               f"lowered to {(len(robust) - len(missed)) / len(checked):.3f} by the independent "
               f"attacker; samples deqshield counted robust that it broke: {missed or 'none'}")
+        finding = {"robust": len(robust), "broken_robust": missed}
         if args.all_samples:
             survived = len(checked) - int(total[name].sum())
             print(f"{name}: accuracy under this attacker alone {survived}/{len(checked)} "
                   f"({survived / len(checked):.4f})")
+            finding["correct_under_attack"] = survived
+        findings["defenses"][name] = finding
+    if args.out is not None:
+        write_results(args.out, "independent_attack", findings)
 
 
 if __name__ == "__main__":
