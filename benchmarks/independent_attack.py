@@ -176,8 +176,8 @@ def main() -> None:
     which = "" if args.all_samples else " some defense counts robust"
     print(f"attacked the {len(attacked)} of samples {start}..{limit - 1}{which}"
           f" ({tally.unconverged} scored sample solves did not converge)")
-    findings = {"command": " ".join(sys.argv), "samples": [start, limit], "attacked": len(attacked),
-                "defenses": {}}
+    findings = {"command": " ".join(sys.argv), "samples": [start, limit],
+                "attacked": len(attacked), "defenses": {}}
     for row in results["defenses"]:
         name = row["label"]
         robust = {i for i in row["robust_samples"] if i in checked}
