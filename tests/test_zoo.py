@@ -347,10 +347,14 @@ def test_an_outside_check_is_recorded_until_a_re_evaluation(writable_zoo, tmp_pa
     assert store.card(DEQ) == checked
     with pytest.raises(ValidationError, match="needs the evaluation's worst_case_accuracy"):
         dataclasses.replace(store.card(CERDEQ), outside_check=checked.outside_check)
+    assert main(["zoo", "update", DEQ, "--reference-autoattack", str(worst),
+                 "--reference-command", command]) == 0
     out = tmp_path / "again"
     reevaluate(out)
     assert main(["zoo", "update", DEQ, "--evaluation", str(out)]) == 0
-    assert store.card(DEQ).outside_check is None, "a new evaluation needs its own check"
+    again = store.card(DEQ)
+    assert again.outside_check is None, "a new evaluation needs its own check"
+    assert again.reference_autoattack is None, "and its own reference AutoAttack"
 
 
 def test_a_reference_autoattack_is_recorded_and_cannot_undercut_the_worst_case(writable_zoo,

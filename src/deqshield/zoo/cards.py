@@ -126,7 +126,8 @@ class Card:
     docstring), None otherwise. ``outside_check``: an independent attack on the evaluation's
     verdicts (:class:`OutsideCheck`), None when none was recorded; a re-evaluation drops it.
     ``reference_autoattack``: the reference AutoAttack on every test image
-    (:class:`ReferenceAutoAttack`), None when none was recorded."""
+    (:class:`ReferenceAutoAttack`), None when none was recorded; a re-evaluation (which may
+    change the test images) drops it too."""
 
     name: str
     dataset: str

@@ -160,7 +160,8 @@ def update_evaluation(name: str, evaluation: Path, *, evaluate_command: str = ""
         results={**card.results, **figures["results"]},
         attack_budgets={**card.attack_budgets, **figures["attack_budgets"]},
         evaluate_command=evaluate_command or card.evaluate_command,
-        notes=tuple(notes) or card.notes, deqshield_version=__version__, outside_check=None)
+        notes=tuple(notes) or card.notes, deqshield_version=__version__, outside_check=None,
+        reference_autoattack=None)
     _republish(updated)
     return updated
 
