@@ -369,6 +369,8 @@ def test_a_reference_autoattack_is_recorded_and_cannot_undercut_the_worst_case(w
     assert dataclasses.replace(recorded, reference_autoattack=None) == before
     assert f"| {100 * worst:.1f} | {100 * worst:.1f} |" in row(recorded)  # AutoAttack, worst
     assert "under the reference AutoAttack on every test image" in readme_section()
+    assert main(["zoo", "list"]) == 0
+    assert f"  AutoAttack {100 * worst:.1f}%" in capsys.readouterr().out
     one_less = worst - 1 / before.test_images  # it broke a sample the worst case counts robust
     above_clean = before.clean_accuracy + 1 / before.test_images
     for bad in (["--reference-autoattack", str(one_less), "--reference-command", command],

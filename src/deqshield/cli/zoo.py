@@ -95,6 +95,8 @@ def _list(args: argparse.Namespace) -> int:
         robust = (f"certified {percent(card.certified_accuracy, places)}%"
                   if card.certified_accuracy is not None
                   else f"worst case {percent(card.checked_worst_case, places)}%")
+        if card.reference_autoattack is not None:
+            robust += f"  AutoAttack {percent(card.reference_autoattack.accuracy, places)}%"
         print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
               f"clean {percent(card.clean_accuracy, places)}%  {robust}")
     return 0
