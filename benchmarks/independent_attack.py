@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from deqshield.convergence import convergence_tally
 from deqshield.evaluate.matrix import materialize
 from deqshield.readouts import Early, ReadoutSpec
 from deqshield.io.runs import load_run
-from results_io import write_results
+from results_io import run_config, write_results
 
 
 def unrolled_logits(model, x: Tensor, depth: int) -> Tensor:
@@ -149,7 +148,7 @@ def main() -> None:
     checked = range(start, limit)
     attacked = list(checked) if args.all_samples else sorted(
         {i for row in results["defenses"] for i in row["robust_samples"] if i in checked})
-    x, y = materialize(run.test.subset(attacked, "counted robust"))
+    x, y = materialize(run.test.subset(attacked, "attacked"))
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
@@ -166,9 +165,10 @@ def main() -> None:
                 for depth in (sorted({1, 2, n, 2 * n} | early) if n is not None else [0])
                 for loss in LOSSES for step in (args.eps / 4, args.eps / 10)]
     with convergence_tally() as tally:  # one count, not a warning per scored iterate
-        with torch.no_grad():  # a misclassified sample is broken before any attack
-            for name, readout in readouts.items():
-                total[name] |= readout.logits(model, x).argmax(1) != y
+        if args.all_samples:  # a misclassified sample is broken before any attack
+            with torch.no_grad():
+                for name, readout in readouts.items():
+                    total[name] |= readout.logits(model, x).argmax(1) != y
         for run_attack in runs:
             found = run_attack(model, readouts, x, y, args.eps)
             for name in readouts:
@@ -176,8 +176,10 @@ def main() -> None:
     which = "" if args.all_samples else " some defense counts robust"
     print(f"attacked the {len(attacked)} of samples {start}..{limit - 1}{which}"
           f" ({tally.unconverged} scored sample solves did not converge)")
-    findings = {"command": " ".join(sys.argv), "samples": [start, limit],
-                "attacked": len(attacked), "defenses": {}}
+    findings = {"config": run_config(x.device, **vars(args) | {"run": str(args.run),
+                                                                "results": str(args.results),
+                                                                "out": str(args.out)}),
+                "samples": [start, limit], "attacked": len(attacked), "defenses": {}}
     for row in results["defenses"]:
         name = row["label"]
         robust = {i for i in row["robust_samples"] if i in checked}

@@ -382,6 +382,15 @@ def test_a_reference_autoattack_is_recorded_and_cannot_undercut_the_worst_case(w
         assert main(["zoo", "update", DEQ, *bad]) == 2
         assert capsys.readouterr().err.count("\n") == 1
     assert store.card(DEQ) == recorded
+    # counts, not float32 fractions, are compared: every correct image surviving is allowed
+    dataclasses.replace(recorded, clean_accuracy=0.9649999737739563, test_images=1000,
+                        worst_case_accuracy=0.9, min_over_attacks=0.9, autoattack_accuracy=None,
+                        reference_autoattack=ReferenceAutoAttack(command=command, accuracy=0.965))
+    certified = store.card(CERDEQ)  # a certificate is a floor no attack may go below
+    below = certified.certified_accuracy - 1 / certified.test_images
+    with pytest.raises(ValidationError, match="below the per-sample worst case or the certified"):
+        dataclasses.replace(certified, reference_autoattack=ReferenceAutoAttack(
+            command=command, accuracy=below))
     with pytest.raises(SystemExit):  # one record at a time
         main(["zoo", "update", DEQ, "--reference-autoattack", str(worst), "--outside-check",
               str(worst)])

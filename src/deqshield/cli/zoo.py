@@ -1,5 +1,6 @@
 """``deqshield zoo add|update|list|show``: package a run as a zoo model, record a
-re-evaluation of one, and read the zoo's cards (thin over :mod:`deqshield.zoo`)."""
+re-evaluation of one (or an outside check of its evaluation, or the reference AutoAttack on its
+test images), and read the zoo's cards (thin over :mod:`deqshield.zoo`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from deqshield.cli.errors import add_debug_flag
 from deqshield.errors import InputError
 from deqshield.zoo import store
 from deqshield.zoo.cards import OutsideCheck, ReferenceAutoAttack, card_json
-from deqshield.zoo.render import decimals_for, percent
+from deqshield.zoo.render import decimals_for, percent, reference_autoattack
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def _list(args: argparse.Namespace) -> int:
                   if card.certified_accuracy is not None
                   else f"worst case {percent(card.checked_worst_case, places)}%")
         if card.reference_autoattack is not None:
-            robust += f"  AutoAttack {percent(card.reference_autoattack.accuracy, places)}%"
+            robust += f"  AutoAttack {percent(reference_autoattack(card), places)}%"
         print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
               f"clean {percent(card.clean_accuracy, places)}%  {robust}")
     return 0
@@ -119,8 +120,8 @@ RESULT_FOLDERS = {
 def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``zoo`` command (``add``, ``update``, ``list``, ``show``) to ``subparsers``."""
     parser = subparsers.add_parser(
-        "zoo", help="the model zoo: package a run (add), record a re-evaluation (update), "
-                    "list the models, show a card")
+        "zoo", help="the model zoo: package a run (add), record a re-evaluation or a check "
+                    "(update), list the models, show a card")
     commands = parser.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     add = commands.add_parser("add", help="package a finished run as a zoo model")
     add.add_argument("run_dir", metavar="RUN", help="run directory written by deqshield train")
@@ -144,7 +145,8 @@ def add_zoo_command(subparsers: Any) -> argparse.ArgumentParser:
                      "(repeatable)")
     update = commands.add_parser(
         "update", help="replace a zoo model's evaluation figures (or a smoothed model's "
-                       "smoothing record) by a re-evaluation of it, or only its notes")
+                       "smoothing record) by a re-evaluation of it, record an outside check or "
+                       "the reference AutoAttack, or replace only its notes")
     update.add_argument("name", metavar="NAME")
     measured = update.add_mutually_exclusive_group()
     measured.add_argument("--evaluation", type=Path,

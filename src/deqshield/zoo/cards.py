@@ -5,9 +5,13 @@ architecture, parameters) plus what a DEQ needs besides: the per-sample white-bo
 over the full protocol, the min over attacks, the certified accuracy, the solver and its cell
 evaluations per prediction, and the commands that retrain and re-evaluate the model.
 Accuracies are fractions in [0, 1]; a figure that was not measured is ``null``. The clean,
-AutoAttack, worst-case and min-over-attacks figures come from one evaluation (``deqshield
-evaluate``, on ``test_images`` images); the certified accuracy from ``deqshield certify``, whose
-own clean accuracy and sample count are in ``results["certify"]``.
+``autoattack_accuracy`` (the protocol's lowest APGD column), worst-case and min-over-attacks
+figures come from one evaluation (``deqshield evaluate``, on ``test_images`` images); the
+certified accuracy from ``deqshield certify``, whose own clean accuracy and sample count are in
+``results["certify"]``. Two records come from attacks written apart from deqshield's
+(``benchmarks/independent_attack.py``): ``outside_check`` (:class:`OutsideCheck`, what it broke
+among the samples the evaluation counted robust) and ``reference_autoattack``
+(:class:`ReferenceAutoAttack`, the reference AutoAttack on every test image).
 
 A name says dataset, threat model, radius and kind: ``mnist-linf-0.3-deq``,
 ``mnist-linf-0.1-cerdeq`` (``{dataset}-{linf|l2}-{eps}-{kind}``, lower case); it must agree
@@ -105,7 +109,10 @@ class ReferenceAutoAttack:
     every one of the card's test images, its adversarial examples scored by the card's best
     defense: ``accuracy`` is the fraction of the test images that stayed correct. Unlike
     ``autoattack_accuracy`` (the protocol's own APGD column, unmeasured where the evaluation
-    exits early) it attacks every image, so it is the figure RobustBench lists."""
+    exits early) it attacks every image. It attacks a surrogate (a DEQ's logits after a fixed
+    number of plain iterations, one run per readout depth), usually with its gradient members
+    only, so it is an AutoAttack-style figure, not RobustBench's exact protocol; the defense
+    scores every example."""
 
     command: Annotated[str, Field(min_length=1)]
     accuracy: Fraction
@@ -206,20 +213,27 @@ class Card:
                              f"{self.test_images} test images")
 
     def _check_reference_autoattack(self) -> None:
-        """The reference AutoAttack leaves at most the clean images correct and at least the
-        samples the (checked) per-sample worst case counts robust: fewer would mean it broke
-        some of them, which an outside check must record first."""
+        """The reference AutoAttack is an l_inf attack on an attacked or certified model; it
+        leaves at most the clean images correct and at least those the (checked) per-sample
+        worst case counts robust and those certified: fewer would mean it broke some of them,
+        which an outside check must record first (a certificate cannot be broken at all)."""
         reference = self.reference_autoattack
         if reference is None:
             return
-        if reference.accuracy > self.clean_accuracy:
+        if self.threat_model != "Linf" or self.smoothing is not None:
+            raise ValueError("a reference AutoAttack is recorded for an l_inf model that is "
+                             "not smoothed")
+        correct = self.images(reference.accuracy)
+        if correct > self.images(self.clean_accuracy):
             raise ValueError(f"reference_autoattack.accuracy {reference.accuracy} exceeds "
                              f"clean_accuracy {self.clean_accuracy}")
-        worst = self.checked_worst_case
-        if worst is not None and self.images(reference.accuracy) < self.images(worst):
+        floors = [self.images(figure) for figure in (self.checked_worst_case,
+                                                     self.certified_accuracy)
+                  if figure is not None]
+        if correct < max(floors, default=0):
             raise ValueError("reference_autoattack.accuracy is below the per-sample worst "
-                             "case: the reference AutoAttack broke samples the worst case "
-                             "counts robust; record them as an outside check first")
+                             "case or the certified accuracy: the reference AutoAttack broke "
+                             "samples counted robust; record them as an outside check first")
 
     @property
     def outside_broken(self) -> int:
