@@ -31,7 +31,8 @@ reference AutoAttack accuracy a card records (``deqshield zoo update NAME
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t --all-samples
 
-``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts).
+``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts);
+``--seed K`` gives a repeated check other random draws (restarts, AutoAttack's seeds).
 ``--out DIR`` also writes the findings (per defense: the samples it broke among those counted
 robust, and with ``--all-samples`` the accuracy under this attacker) to
 ``DIR/independent_attack.json``, so checks made in parts or repeated can be merged by sample.
@@ -137,6 +138,8 @@ def main() -> None:
                         help="run AutoAttack (standard budgets; these members, default all "
                              "four) instead of the sign-gradient attack")
     parser.add_argument("--out", type=Path, help="folder for independent_attack.json")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random draws of a repeated check (seed * 100 + depth per run)")
     parser.add_argument("--all-samples", action="store_true",
                         help="attack every sample, not only those some defense counts robust, "
                              "and print each defense's accuracy under this attacker alone")
@@ -157,11 +160,12 @@ def main() -> None:
     n = model.deq.solver.max_iter if hasattr(model, "deq") else None
     if args.autoattack is not None:
         members = args.autoattack or AUTOATTACK_MEMBERS
-        runs = [partial(auto_attack, depth=depth, members=members, seed=depth)
+        runs = [partial(auto_attack, depth=depth, members=members,
+                        seed=args.seed * 100 + depth)
                 for depth in (sorted({n} | early) if n is not None else [0])]
     else:
         runs = [partial(attack, depth=depth, loss=loss, step=step, steps=args.steps,
-                        restarts=args.restarts, seed=depth)
+                        restarts=args.restarts, seed=args.seed * 100 + depth)
                 for depth in (sorted({1, 2, n, 2 * n} | early) if n is not None else [0])
                 for loss in LOSSES for step in (args.eps / 4, args.eps / 10)]
     with convergence_tally() as tally:  # one count, not a warning per scored iterate
