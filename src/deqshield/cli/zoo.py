@@ -13,7 +13,7 @@ from deqshield.cli.errors import add_debug_flag
 from deqshield.errors import InputError
 from deqshield.zoo import store
 from deqshield.zoo.cards import OutsideCheck, ReferenceAutoAttack, card_json
-from deqshield.zoo.render import decimals_for, percent, reference_autoattack
+from deqshield.zoo.render import decimals_for, percent
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -96,8 +96,8 @@ def _list(args: argparse.Namespace) -> int:
         robust = (f"certified {percent(card.certified_accuracy, places)}%"
                   if card.certified_accuracy is not None
                   else f"worst case {percent(card.checked_worst_case, places)}%")
-        if card.reference_autoattack is not None:
-            robust += f"  AutoAttack {percent(reference_autoattack(card), places)}%"
+        if card.reference_accuracy is not None:
+            robust += f"  AutoAttack {percent(card.reference_accuracy, places)}%"
         print(f"{card.name}  {card.dataset}  eps {card.eps:g}  {card.kind}  "
               f"clean {percent(card.clean_accuracy, places)}%  {robust}")
     return 0

@@ -250,6 +250,12 @@ class Card:
         return check.worst_case_accuracy if check and self.outside_broken else (
             self.worst_case_accuracy)
 
+    @property
+    def reference_accuracy(self) -> Optional[float]:
+        """The reference AutoAttack's accuracy on the test images, None where it did not run."""
+        reference = self.reference_autoattack
+        return None if reference is None else reference.accuracy
+
     def _check_smoothing(self) -> None:
         """A smoothed card agrees with its record and its name (see the module docstring)."""
         kind = SMOOTHED_KIND.match(self.kind)

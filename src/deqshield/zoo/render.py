@@ -92,17 +92,12 @@ def worst_case_cell(card: Card) -> str:
     return f"{checked} ({percent(card.worst_case_accuracy, places)})"
 
 
-def reference_autoattack(card: Card) -> Optional[float]:
-    """The reference AutoAttack's accuracy on the card's test images, None where not run."""
-    return None if card.reference_autoattack is None else card.reference_autoattack.accuracy
-
-
 def row(card: Card) -> str:
     """The ``docs/zoo.md`` table row of an attacked or certified model."""
     return table_row([
         f"`{card.name}`", card.dataset, card.threat_model, f"{card.eps:g}", card.kind,
         f"{card.parameters:,}", percent(card.clean_accuracy), percent(card.autoattack_accuracy),
-        percent(reference_autoattack(card), decimals_for(card.test_images)),
+        percent(card.reference_accuracy, decimals_for(card.test_images)),
         worst_case_cell(card), percent(card.certified_accuracy),
         str(card.test_images), duration(card.training_wall_time_seconds)])
 
