@@ -13,6 +13,7 @@ from deqshield.certify import CNN7Settings, CerDEQ, CerDEQSettings, certify, cnn
 from deqshield.certify.objective import EpsilonSchedule
 from deqshield.io.checkpoint import load_checkpoint
 from deqshield.cli import main
+from deqshield.compare import read_verdicts
 from deqshield.certify.run import certify_run
 from deqshield.io.config import load_config, parse_config
 from deqshield.data import load_dataset
@@ -100,6 +101,23 @@ def test_certify_command(trained_run, tmp_path):
     assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 32
     assert main([*again, "--force"]) == 0
     assert json.loads((tmp_path / "certify.json").read_text())["samples"] == 16
+
+
+def test_compare_pairs_two_certifications_sample_by_sample(trained_run, tmp_path, capsys):
+    reports = {}
+    for folder, limit in (("all", "32"), ("part", "16")):
+        assert main(["certify", str(trained_run), "--out", str(tmp_path / folder), "--limit",
+                     limit, "--eps", str(EPS_CERTIFY), "--pgd-steps", "2", "--quiet"]) == 0
+        reports[folder] = tmp_path / folder / "certify.json"
+    saved = json.loads(reports["all"].read_text())
+    verdicts = read_verdicts(reports["all"])
+    assert verdicts.robust == {entry["index"]: entry["certified"]
+                               for entry in saved["per_sample"]}
+    assert verdicts.accuracy == pytest.approx(saved["accuracy"]["certified"])
+    assert main(["compare", str(reports["all"]), str(reports["all"])]) == 0
+    assert "by A only 0, by B only 0; McNemar's exact test p = 1" in capsys.readouterr().out
+    assert main(["compare", str(reports["all"]), str(reports["part"])]) == 2
+    assert "different test images" in capsys.readouterr().err
 
 
 def test_test_eps_is_the_radius_selected_and_certified_by_default(tmp_path, monkeypatch):

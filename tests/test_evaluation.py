@@ -8,6 +8,7 @@ import pytest
 
 from conftest import CountedCalls, digits_deq_config
 from deqshield.cli import main
+from deqshield.compare import compare, read_verdicts
 from deqshield.io.config import parse_config
 from deqshield.evaluate.run import evaluate_run
 from deqshield.training.run import train
@@ -39,6 +40,23 @@ def test_evaluation_writes_consistent_results_report_and_plots(run_dir, tmp_path
     for name in written["plots"]:
         assert (tmp_path / name).stat().st_size > 0
     assert "Diagnostics" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_reads_each_defenses_robust_samples(run_dir, tmp_path, capsys):
+    evaluate_run(run_dir, tmp_path, eps=0.1, limit=12, autoattack=False, progress=False)
+    path = tmp_path / "results.json"
+    written = json.loads(path.read_text())
+    rows = {row["label"]: set(row["robust_samples"]) for row in written["defenses"]}
+    best = written["aggregate"]["worst_case"]["defense"]
+    assert read_verdicts(path).robust == {i: i in rows[best] for i in range(12)}
+    for label, robust in rows.items():
+        result = compare(read_verdicts(path), read_verdicts(path, label))
+        assert (result.only_a, result.only_b) == (len(rows[best] - robust),
+                                                  len(robust - rows[best]))
+    assert main(["compare", str(path), str(path), "--defense-b", "ensemble"]) == 0
+    assert "McNemar's exact test p =" in capsys.readouterr().out
+    assert main(["compare", str(path), str(path), "--defense-a", "nope"]) == 2
+    assert "has no defense 'nope'" in capsys.readouterr().err
 
 
 def test_cli_evaluate_with_entropy_defense_and_autoattack(run_dir, tmp_path, capsys):

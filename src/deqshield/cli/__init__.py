@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from deqshield import __version__
 from deqshield.cli.certify import add_certify_command
+from deqshield.cli.compare import add_compare_command
 from deqshield.cli.errors import OneLineParser, add_debug_flag, run_command
 from deqshield.cli.evaluate import add_evaluate_command
 from deqshield.cli.smooth import add_smooth_command
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_certify_command(commands)
     add_smooth_command(commands)
     add_zoo_command(commands)
+    add_compare_command(commands)
     for command in commands.choices.values():
         add_debug_flag(command)
     return parser

@@ -1,0 +1,32 @@
+"""``deqshield compare A B``: a thin wrapper over :func:`deqshield.compare.compare`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from deqshield.compare import compare, read_verdicts
+
+
+def _compare(args: argparse.Namespace) -> int:
+    comparison = compare(read_verdicts(args.a, args.defense_a),
+                         read_verdicts(args.b, args.defense_b))
+    print(comparison.summary())
+    return 0
+
+
+def add_compare_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``compare`` subcommand to ``subparsers`` (from ``add_subparsers``)."""
+    parser = subparsers.add_parser(
+        "compare", help="paired test (McNemar) of two reports' per-sample verdicts on the same "
+                        "test images: is the difference in robust / certified accuracy real?")
+    parser.add_argument("a", type=Path, metavar="A",
+                        help="results.json of deqshield evaluate or certify.json of deqshield "
+                             "certify")
+    parser.add_argument("b", type=Path, metavar="B", help="the report to compare A with")
+    parser.add_argument("--defense-a", help="defense of A, by its label in results.json "
+                                            "(default: the best defense)")
+    parser.add_argument("--defense-b", help="defense of B (default: the best defense)")
+    parser.set_defaults(run=_compare)
+    return parser

@@ -1,0 +1,59 @@
+"""``deqshield compare``: McNemar's exact test on two reports' per-sample verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from deqshield.cli import main
+from deqshield.compare import SampleVerdicts, compare, read_verdicts
+from deqshield.errors import InputError
+
+
+def verdicts(kept: str, eps: float = 0.1) -> SampleVerdicts:
+    return SampleVerdicts("test", eps, {i: flag == "1" for i, flag in enumerate(kept)})
+
+
+def test_the_p_value_is_the_two_sided_binomial_tail_of_the_discordant_pairs():
+    # 2 images kept by both, 1 only by A, 9 only by B, 3 by neither.
+    a = verdicts("11" + "1" + "0" * 9 + "000")
+    b = verdicts("11" + "0" + "1" * 9 + "000")
+    result = compare(a, b)
+    assert (result.only_a, result.only_b, result.samples) == (1, 9, 15)
+    assert result.difference == pytest.approx((1 - 9) / 15)
+    assert result.p_value == pytest.approx(2 * (math.comb(10, 0) + math.comb(10, 1)) / 2 ** 10)
+    assert compare(b, a).p_value == pytest.approx(result.p_value)
+    assert compare(a, a).p_value == 1.0 and compare(a, a).difference == 0
+
+
+def test_pairing_tells_apart_what_separate_error_bars_cannot():
+    # 1000 images, 40 only A keeps and 15 only B keeps: 2.5 points apart, well inside two
+    # separate standard errors (~1.5 points each at 70%) but not a coin flip per discordant image.
+    common = "1" * 680 + "0" * 265
+    result = compare(verdicts(common + "1" * 40 + "0" * 15), verdicts(common + "0" * 40 + "1" * 15))
+    assert result.difference == pytest.approx(0.025)
+    assert result.p_value < 0.01
+
+
+def test_reports_must_cover_the_same_images_at_the_same_radius():
+    with pytest.raises(InputError, match="different test images"):
+        compare(verdicts("101"), verdicts("1010"))
+    with pytest.raises(InputError, match="different radii"):
+        compare(verdicts("101", 0.1), verdicts("101", 0.3))
+
+
+@pytest.mark.parametrize("contents, message", [
+    ("{not json", "not a readable JSON report"),
+    ("[1, 2]", "neither a results.json"),
+    ('{"defenses": []}', "lacks what deqshield writes"),
+])
+def test_files_that_are_not_reports_get_a_one_line_error(tmp_path, contents, message):
+    path = tmp_path / "report.json"
+    path.write_text(contents)
+    with pytest.raises(InputError, match=message):
+        read_verdicts(path)
+    assert main(["compare", str(path), str(path)]) == 2
+    with pytest.raises(InputError, match="does not exist"):
+        read_verdicts(tmp_path / "missing.json")
