@@ -118,6 +118,9 @@ def test_compare_pairs_two_certifications_sample_by_sample(trained_run, tmp_path
     assert "by A only 0, by B only 0; McNemar's exact test p = 1" in capsys.readouterr().out
     assert main(["compare", str(reports["all"]), str(reports["part"])]) == 2
     assert "different test images" in capsys.readouterr().err
+    for option in (["--defense-a", "final"], ["--radius", "0.5"]):
+        assert main(["compare", str(reports["all"]), str(reports["all"]), *option]) == 2
+        assert "is an interval-bound certification: it takes no" in capsys.readouterr().err
 
 
 def test_test_eps_is_the_radius_selected_and_certified_by_default(tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ from deqshield.compare import SampleVerdicts, compare, read_verdicts
 from deqshield.errors import InputError
 
 
-def verdicts(kept: str, eps: float = 0.1) -> SampleVerdicts:
-    return SampleVerdicts("test", eps, {i: flag == "1" for i, flag in enumerate(kept)})
+def verdicts(kept: str, eps: float = 0.1, threat: str = "Linf") -> SampleVerdicts:
+    return SampleVerdicts("test", threat, eps, {i: flag == "1" for i, flag in enumerate(kept)})
 
 
 def test_the_p_value_is_the_two_sided_binomial_tail_of_the_discordant_pairs():
@@ -42,11 +42,13 @@ def test_reports_must_cover_the_same_images_at_the_same_radius():
         compare(verdicts("101"), verdicts("1010"))
     with pytest.raises(InputError, match="different radii"):
         compare(verdicts("101", 0.1), verdicts("101", 0.3))
+    with pytest.raises(InputError, match="different radii"):
+        compare(verdicts("101", 0.5), verdicts("101", 0.5, "L2"))
 
 
 @pytest.mark.parametrize("contents, message", [
     ("{not json", "not a readable JSON report"),
-    ("[1, 2]", "neither a results.json"),
+    ("[1, 2]", "not a results.json, certify.json or smoothing.json"),
     ('{"defenses": []}', "lacks what deqshield writes"),
 ])
 def test_files_that_are_not_reports_get_a_one_line_error(tmp_path, contents, message):

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import CountedCalls, digits_deq_config
 from deqshield.cli import main
-from deqshield.compare import compare, read_verdicts
+from deqshield.compare import Selection, compare, read_verdicts
 from deqshield.io.config import parse_config
 from deqshield.evaluate.run import evaluate_run
 from deqshield.training.run import train
@@ -50,7 +50,7 @@ def test_compare_reads_each_defenses_robust_samples(run_dir, tmp_path, capsys):
     best = written["aggregate"]["worst_case"]["defense"]
     assert read_verdicts(path).robust == {i: i in rows[best] for i in range(12)}
     for label, robust in rows.items():
-        result = compare(read_verdicts(path), read_verdicts(path, label))
+        result = compare(read_verdicts(path), read_verdicts(path, Selection(label)))
         assert (result.only_a, result.only_b) == (len(rows[best] - robust),
                                                   len(robust - rows[best]))
     assert main(["compare", str(path), str(path), "--defense-b", "ensemble"]) == 0

@@ -17,6 +17,7 @@ from conftest import CountedCalls
 
 from deqshield.attacks.pgd import PGD
 from deqshield.cli import main
+from deqshield.compare import Selection, read_verdicts
 from deqshield.io.config import parse_config
 from deqshield.errors import InputError
 from deqshield.models import DenseDEQSettings
@@ -329,6 +330,21 @@ def test_smooth_command_writes_json_and_plot(noise_run, tmp_path):
     assert (tmp_path / "plain" / "smoothing.png").stat().st_size > 0
     assert main(["smooth", str(noise_run), "--sigma", "-1", "--limit", "1"]) == 2
     assert main(["smooth", str(noise_run), "--sigma", "1", "--readout", "late"]) == 2
+
+
+def test_compare_reads_smoothing_certificates_at_a_radius(noise_run, tmp_path, capsys):
+    assert main(["smooth", str(noise_run), *SMOOTH_OPTIONS, "--out", str(tmp_path)]) == 0
+    path = tmp_path / "smoothing.json"
+    written = json.loads(path.read_text())
+    for radius in (0.0, 0.25):
+        verdicts = read_verdicts(path, Selection(radius=radius))
+        assert verdicts.accuracy == pytest.approx(written["certified_accuracy"][f"{radius:g}"])
+        assert (verdicts.threat, verdicts.eps) == ("L2", radius)
+    assert main(["compare", str(path), str(path), "--radius", "0.25"]) == 0
+    assert "L2 radius 0.25" in capsys.readouterr().out
+    assert main(["compare", str(path), str(path)]) == 2
+    assert "give the l2 radius" in capsys.readouterr().err
+    assert main(["compare", str(path), str(path), "--radius", "-1"]) == 2
 
 
 SMOOTH_OPTIONS = ["--sigma", "0.25", "--n", "200", "--n0", "20", "--batch", "100", "--limit", "4",

@@ -14,8 +14,10 @@ Pairing is what makes this sharper than comparing two accuracies with their sepa
 errors (~sqrt(acc (1 - acc) / n) each): most images are kept or lost by both.
 
 Verdicts are read from the reports deqshield writes: ``results.json`` of ``deqshield evaluate``
-(one defense's ``robust_samples``; by default the best defense, the one whose per-sample worst
-case the report names) and ``certify.json`` of ``deqshield certify`` (``per_sample[i].certified``).
+(one defense's ``robust_samples``: its per-sample worst case; by default the best defense, the
+one the report's worst case names), ``certify.json`` of ``deqshield certify``
+(``per_sample[i].certified``) and ``smoothing.json`` of ``deqshield smooth`` (correct with a
+certified l2 radius >= the ``radius`` asked for).
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ from typing import Any, Optional
 from scipy.stats import binomtest
 
 from deqshield.errors import InputError
+from deqshield.smoothing.report import certified_at
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleVerdicts:
-    """Per-sample verdicts of one report: ``robust[i]`` for the test image of index ``i``."""
+    """Per-sample verdicts of one report: ``robust[i]`` for the test image of index ``i``,
+    under the ``threat`` model ("Linf" or "L2") at radius ``eps``."""
 
     source: str
+    threat: str
     eps: float
     robust: Mapping[int, bool]
 
@@ -67,7 +72,7 @@ class PairedComparison:
         """The comparison in a few lines of text."""
         return (f"A: {self.a.source}: {100 * self.a.accuracy:.2f}%\n"
                 f"B: {self.b.source}: {100 * self.b.accuracy:.2f}%\n"
-                f"{self.samples} test images at eps {self.a.eps:g}: A - B = "
+                f"{self.samples} test images, {self.a.threat} radius {self.a.eps:g}: A - B = "
                 f"{100 * self.difference:+.2f} points; kept by A only {self.only_a}, by B only "
                 f"{self.only_b}; McNemar's exact test p = {self.p_value:.3g}")
 
@@ -75,12 +80,13 @@ class PairedComparison:
 def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
     """McNemar's exact test of two reports' per-sample verdicts on the same test images.
 
-    :class:`InputError` if they cover different images or radii (the test is paired)."""
+    :class:`InputError` if they cover different images or threat models (the test is paired)."""
     if a.robust.keys() != b.robust.keys():
         raise InputError(f"the reports cover different test images ({len(a.robust)} and "
                          f"{len(b.robust)} samples): a paired comparison needs the same ones")
-    if a.eps != b.eps:
-        raise InputError(f"the reports are at different radii (eps {a.eps:g} and {b.eps:g})")
+    if (a.threat, a.eps) != (b.threat, b.eps):
+        raise InputError(f"the reports are at different radii ({a.threat} {a.eps:g} and "
+                         f"{b.threat} {b.eps:g})")
     only_a = sum(1 for i, kept in a.robust.items() if kept and not b.robust[i])
     only_b = sum(1 for i, kept in b.robust.items() if kept and not a.robust[i])
     discordant = only_a + only_b
@@ -88,56 +94,77 @@ def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
     return PairedComparison(a, b, only_a, only_b, float(p_value))
 
 
-def read_verdicts(path: Path, defense: Optional[str] = None) -> SampleVerdicts:
-    """The per-sample verdicts of the report ``path`` (``results.json`` or ``certify.json``);
-    ``defense`` picks a defense of an evaluation by its label (default: the best one)."""
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What to read from a report: ``defense`` (an evaluation's defense label; default the
+    best) and ``radius`` (the l2 radius of a smoothing report's certificate)."""
+
+    defense: Optional[str] = None
+    radius: Optional[float] = None
+
+    def refuse(self, source: str, kind: str, *names: str) -> None:
+        """:class:`InputError` if any option in ``names`` is set for a report of ``kind``."""
+        for name in names:
+            if getattr(self, name) is not None:
+                raise InputError(f"{source} is {kind}: it takes no {name}")
+
+
+def read_verdicts(path: Path, selection: Selection = Selection()) -> SampleVerdicts:
+    """The per-sample verdicts of the report ``path`` (``results.json``, ``certify.json`` or
+    ``smoothing.json``), chosen by ``selection``."""
     try:
         report = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path} is not a readable JSON report: {error}") from None
-    kind = _REPORT_KINDS.get(_kind(report))
-    if kind is None:
-        raise InputError(f"{path} is neither a results.json of deqshield evaluate nor a "
-                         f"certify.json of deqshield certify")
+    keys = report.keys() if isinstance(report, dict) else ()
+    reader = next((read for key, read in _READERS.items() if key in keys), None)
+    if reader is None:
+        raise InputError(f"{path} is not a results.json, certify.json or smoothing.json "
+                         f"of deqshield")
     try:
-        return kind(report, defense, str(path))
+        return reader(report, selection, str(path))
     except (KeyError, TypeError, IndexError) as error:
         raise InputError(f"{path} lacks what deqshield writes there "
                          f"({type(error).__name__}: {error})") from None
 
 
-def _kind(report: Any) -> str:
-    """The key of :data:`_REPORT_KINDS` that ``report`` has ("" if none)."""
-    if not isinstance(report, dict):
-        return ""
-    return next((key for key in _REPORT_KINDS if key in report), "")
-
-
-def _evaluation(report: dict[str, Any], defense: Optional[str], source: str) -> SampleVerdicts:
+def _evaluation(report: dict[str, Any], selection: Selection, source: str) -> SampleVerdicts:
+    selection.refuse(source, "an evaluation", "radius")
     rows = {row["label"]: row for row in report["defenses"]}
-    label = defense or report["aggregate"]["worst_case"]["defense"]
+    label = selection.defense or report["aggregate"]["worst_case"]["defense"]
     if label not in rows:
         raise InputError(f"{source} has no defense {label!r}; it has "
                          f"{', '.join(repr(name) for name in rows)}")
     robust = set(rows[label]["robust_samples"])
-    return SampleVerdicts(f"{source} ({label}, per-sample worst case)",
+    return SampleVerdicts(f"{source} ({label}, per-sample worst case)", "Linf",
                           float(report["protocol"]["eps"]),
                           {i: i in robust for i in range(report["samples"])})
 
 
-def _certification(report: dict[str, Any], defense: Optional[str],
+def _certification(report: dict[str, Any], selection: Selection,
                    source: str) -> SampleVerdicts:
-    if defense is not None:
-        raise InputError(f"{source} is a certification: it has no defenses to choose from")
-    return SampleVerdicts(f"{source} (certified)", float(report["eps"]),
+    selection.refuse(source, "an interval-bound certification", "defense", "radius")
+    return SampleVerdicts(f"{source} (certified)", "Linf", float(report["eps"]),
                           {sample["index"]: bool(sample["certified"])
                            for sample in report["per_sample"]})
 
 
+def _smoothing(report: dict[str, Any], selection: Selection, source: str) -> SampleVerdicts:
+    selection.refuse(source, "a smoothing certification", "defense")
+    if selection.radius is None:
+        raise InputError(f"{source} is a smoothing certification: give the l2 radius to "
+                         f"compare at (--radius)")
+    return SampleVerdicts(f"{source} (certified at l2 radius {selection.radius:g})", "L2",
+                          selection.radius,
+                          {record["index"]: certified_at(record, selection.radius)
+                           for record in report["records"]})
+
+
 # A key only that command's report has -> the reader of its verdicts.
-_REPORT_KINDS: dict[str, Callable[[dict[str, Any], Optional[str], str], SampleVerdicts]] = {
+_READERS: dict[str, Callable[[dict[str, Any], Selection, str], SampleVerdicts]] = {
     "defenses": _evaluation,
     "certified_broken_by_pgd": _certification,
+    "records": _smoothing,
 }

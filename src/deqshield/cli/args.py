@@ -1,10 +1,10 @@
 """Checks of command-line arguments, run before anything is loaded.
 
 Each command lists its numeric options with the rule they follow (:data:`EVALUATE`,
-:data:`CERTIFY`, :data:`SMOOTH`, :data:`ZOO_ADD`); :func:`check_options` applies the rules from
-:mod:`deqshield.validation` and names the option in the error. :func:`prepare_output_dir`
-makes sure an output folder can be written and holds nothing that would be overwritten
-unasked.
+:data:`CERTIFY`, :data:`SMOOTH`, :data:`ZOO_ADD`, :data:`COMPARE`); :func:`check_options` applies
+the rules from :mod:`deqshield.validation` and names the option in the error.
+:func:`prepare_output_dir` makes sure an output folder can be written and holds nothing that
+would be overwritten unasked.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ SMOOTH: Mapping[str, Rule] = {
     "checks": positive, "seed": seed,
 }
 ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number, "processes": positive}
+COMPARE: Mapping[str, Rule] = {"radius": non_negative_number}
 
 
 def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:

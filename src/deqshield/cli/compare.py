@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from deqshield.compare import compare, read_verdicts
+from deqshield.cli.args import COMPARE, check_options
+from deqshield.compare import Selection, compare, read_verdicts
 
 
 def _compare(args: argparse.Namespace) -> int:
-    comparison = compare(read_verdicts(args.a, args.defense_a),
-                         read_verdicts(args.b, args.defense_b))
+    check_options(args, COMPARE)
+    comparison = compare(read_verdicts(args.a, Selection(args.defense_a, args.radius)),
+                         read_verdicts(args.b, Selection(args.defense_b, args.radius)))
     print(comparison.summary())
     return 0
 
@@ -22,11 +24,13 @@ def add_compare_command(subparsers: Any) -> argparse.ArgumentParser:
         "compare", help="paired test (McNemar) of two reports' per-sample verdicts on the same "
                         "test images: is the difference in robust / certified accuracy real?")
     parser.add_argument("a", type=Path, metavar="A",
-                        help="results.json of deqshield evaluate or certify.json of deqshield "
-                             "certify")
+                        help="results.json (deqshield evaluate), certify.json (deqshield "
+                             "certify) or smoothing.json (deqshield smooth)")
     parser.add_argument("b", type=Path, metavar="B", help="the report to compare A with")
     parser.add_argument("--defense-a", help="defense of A, by its label in results.json "
                                             "(default: the best defense)")
     parser.add_argument("--defense-b", help="defense of B (default: the best defense)")
+    parser.add_argument("--radius", type=float,
+                        help="l2 radius at which smoothing reports count a sample certified")
     parser.set_defaults(run=_compare)
     return parser

@@ -60,10 +60,14 @@ def certify_samples(model: nn.Module, images: Tensor, labels: Tensor, settings: 
     return records
 
 
+def certified_at(record: dict[str, Any], radius: float) -> bool:
+    """Whether ``record`` is answered correctly with a certified radius >= ``radius``."""
+    return bool(record["correct"]) and record["radius"] >= radius
+
+
 def certified_accuracy(records: Sequence[dict[str, Any]], radius: float) -> float:
     """Fraction of records answered correctly with a certified radius >= ``radius``."""
-    hits = sum(1 for r in records if r["correct"] and r["radius"] >= radius)
-    return hits / max(len(records), 1)
+    return sum(certified_at(r, radius) for r in records) / max(len(records), 1)
 
 
 def summarize(records: Sequence[dict[str, Any]], settings: Smoothing, seed: int,
