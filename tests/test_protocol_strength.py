@@ -190,6 +190,23 @@ def test_screening_never_leaves_out_an_exact_column():
     assert [spec.title for spec in outcome.dropped] == ["push -1"]
 
 
+def test_screening_feeds_the_expensive_attacks_every_exact_path():
+    model = MeanBand(0.62, 2.0)  # only pushing up breaks; the exact path breaks nothing
+    x, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    attack = PGD(eps=0.2, step_size=0.1, steps=2, random_start=False)
+    expensive = AutoAttackBridge(attacks=("apgd-ce",), apgd_iterations=2)
+    up, down, exact = Push(1.0), Push(-1.0), Push(0.0)
+    specs = [AttackSpec(attack=attack, path=up, label="push +1"),
+             AttackSpec(attack=attack, path=down, label="push -1"),
+             AttackSpec(attack=attack, path=exact, label="exact", exact=True),
+             AttackSpec(attack=expensive, path=down, label="APGD listed")]
+    outcome = screen_attacks(Screening(samples=2, keep=1, follow=1), model,
+                             TensorDataset(x, y), [Final()], specs)
+    followers = [spec for spec in outcome.order if spec.attack == expensive]
+    assert [spec.path for spec in followers] == [up, exact]
+    assert [spec.title for spec in followers] == ["APGD-CE (push +1)", "APGD-CE (exact)"]
+
+
 def test_the_standard_set_has_the_exact_path_of_every_readout():
     model = ConvDEQSettings(channels=4, solver=Anderson(max_iter=6, tol=1e-3)).build((1, 8, 8), 10)
     exact = {(spec.path, spec.attack.loss) for spec in standard_attacks(model, early_index=2)

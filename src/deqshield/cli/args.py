@@ -37,7 +37,8 @@ def radius(name: str, value: float) -> float:
 EVALUATE: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "early_index": positive, "entropy_interval": positive,
     "entropy_steps": non_negative, "entropy_step": non_negative_number,
-    "apgd_iterations": positive, "square_queries": positive, "pgd_steps": positive,
+    "apgd_iterations": positive, "apgd_restarts": positive, "square_queries": positive,
+    "pgd_steps": positive,
     "seed": seed,
     "restarts": positive, "warm_steps": positive, "screen_samples": positive, "keep": positive, "follow": positive,
 }

@@ -36,8 +36,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _budget(args: argparse.Namespace) -> AttackBudget:
     """The ``--budget`` preset with the options given explicitly on top."""
-    given = {name: getattr(args, name) for name in ("apgd_iterations", "square_queries",
-                                                    "pgd_steps", "restarts", "warm_steps")
+    given = {name: getattr(args, name) for name in ("apgd_iterations", "apgd_restarts",
+                                                    "square_queries", "pgd_steps", "restarts",
+                                                    "warm_steps")
              if getattr(args, name) is not None}
     return dataclasses.replace(BUDGETS[args.budget], **given)
 
@@ -108,18 +109,22 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         help="skip the AutoAttack columns (APGD, Square)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="reference",
                         help="attack budget preset: reference (AutoAttack's: APGD 100 "
-                             "iterations, Square 5000 queries) or cpu (APGD "
-                             f"{BUDGETS['cpu'].apgd_iterations}, Square "
-                             f"{BUDGETS['cpu'].square_queries}, {BUDGETS['cpu'].restarts} "
-                             "restarts: fits a 2-core machine); the options below override it")
+                             "iterations x 1 restart, Square 5000 queries) or cpu (APGD "
+                             f"{BUDGETS['cpu'].apgd_iterations} x {BUDGETS['cpu'].apgd_restarts}"
+                             f", Square {BUDGETS['cpu'].square_queries} queries, PGD and Square "
+                             f"{BUDGETS['cpu'].restarts} restarts: fits a 2-core machine); the "
+                             "options below override it")
     parser.add_argument("--apgd-iterations", type=int, help="APGD iterations")
+    parser.add_argument("--apgd-restarts", type=int,
+                        help="APGD restarts (AutoAttack's standard: 1; APGD-T's target classes "
+                             "act as restarts)")
     parser.add_argument("--square-queries", type=int, help="Square queries")
     parser.add_argument("--pgd-steps", type=int,
                         help=f"steps of every PGD column, of size 2.5 eps / steps (default "
                              f"{AttackBudget().pgd_steps}, the papers' ready-made PGD-10)")
     parser.add_argument("--restarts", type=int,
-                        help="random restarts of every attack; every attack keeps the first "
-                             "misclassified example over iterates and restarts")
+                        help="random restarts of the PGD and Square columns; every attack "
+                             "keeps the first misclassified example over iterates and restarts")
     parser.add_argument("--warm-steps", type=int,
                         help="PGD's final-state solves start from the previous iterate's state "
                              "and take this many solver steps (attack side only; default: every "
