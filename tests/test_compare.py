@@ -8,7 +8,7 @@ import math
 import pytest
 
 from deqshield.cli import main
-from deqshield.compare import SampleVerdicts, compare, read_verdicts
+from deqshield.compare import SampleVerdicts, compare, read_verdicts, worst_over
 from deqshield.errors import InputError
 
 
@@ -59,3 +59,32 @@ def test_files_that_are_not_reports_get_a_one_line_error(tmp_path, contents, mes
     assert main(["compare", str(path), str(path)]) == 2
     with pytest.raises(InputError, match="does not exist"):
         read_verdicts(tmp_path / "missing.json")
+
+
+def test_several_reports_of_one_model_count_a_sample_robust_only_if_all_do():
+    first, second = verdicts("1101"), verdicts("1011")
+    combined = worst_over([first, second])
+    assert [combined.robust[i] for i in range(4)] == [True, False, False, True]
+    assert worst_over([first]) is first
+    with pytest.raises(InputError, match="different test images"):
+        worst_over([first, verdicts("110")])
+    with pytest.raises(InputError, match="is at Linf 0.3"):
+        worst_over([first, verdicts("1101", 0.3)])
+
+
+def certify_report(path, certified: str, eps: float = 0.1):
+    path.write_text(json.dumps({"eps": eps, "certified_broken_by_pgd": 0, "per_sample": [
+        {"index": i, "certified": flag == "1"} for i, flag in enumerate(certified)]}))
+    return str(path)
+
+
+def test_the_cli_combines_the_further_reports_of_each_side(tmp_path, capsys):
+    a1 = certify_report(tmp_path / "a1.json", "111100")
+    a2 = certify_report(tmp_path / "a2.json", "110110")
+    b = certify_report(tmp_path / "b.json", "101000")
+    assert main(["compare", a1, b]) == 0
+    assert "kept by A only 2, by B only 0" in capsys.readouterr().out
+    assert main(["compare", a1, b, "--also-a", a2]) == 0
+    out = capsys.readouterr().out
+    assert "A: " + a1 in out and a2 in out and "kept by A only 2, by B only 1" in out
+    assert main(["compare", a1, b, "--also-b", certify_report(tmp_path / "c.json", "1111")]) == 2

@@ -17,14 +17,15 @@ Verdicts are read from the reports deqshield writes: ``results.json`` of ``deqsh
 (one defense's ``robust_samples``: its per-sample worst case; by default the best defense, the
 one the report's worst case names), ``certify.json`` of ``deqshield certify``
 (``per_sample[i].certified``) and ``smoothing.json`` of ``deqshield smooth`` (correct with a
-certified l2 radius >= the ``radius`` asked for).
+certified l2 radius >= the ``radius`` asked for). Several reports of one model on the same
+images count as one by :func:`worst_over` (robust only where every report says so).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,6 +93,27 @@ def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
     discordant = only_a + only_b
     p_value = binomtest(only_a, discordant, 0.5).pvalue if discordant else 1.0
     return PairedComparison(a, b, only_a, only_b, float(p_value))
+
+
+def worst_over(reports: Sequence[SampleVerdicts]) -> SampleVerdicts:
+    """Several reports of one model on the same images (evaluations with other random draws,
+    an earlier protocol) as one: image i counts robust only if every report counts it robust,
+    since an adversarial example found by any run breaks it, a_i = min_r a_i^(r).
+
+    :class:`InputError` if the reports cover different images or threat models."""
+    first, *more = reports
+    for other in more:
+        if other.robust.keys() != first.robust.keys():
+            raise InputError(f"{other.source} and {first.source} cover different test images: "
+                             "only reports on the same ones can be combined")
+        if (other.threat, other.eps) != (first.threat, first.eps):
+            raise InputError(f"{other.source} is at {other.threat} {other.eps:g}, "
+                             f"{first.source} at {first.threat} {first.eps:g}")
+    if not more:
+        return first
+    return SampleVerdicts(" and ".join(report.source for report in reports), first.threat,
+                          first.eps, {i: all(report.robust[i] for report in reports)
+                                      for i in first.robust})
 
 
 @dataclasses.dataclass(frozen=True)

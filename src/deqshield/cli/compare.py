@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from deqshield.cli.args import COMPARE, check_options
-from deqshield.compare import Selection, compare, read_verdicts
+from deqshield.compare import (SampleVerdicts, Selection, compare, read_verdicts,
+                               worst_over)
+
+
+def _side(report: Path, more: Optional[list[Path]], selection: Selection) -> SampleVerdicts:
+    """One model's verdicts: ``report``, combined with its ``more`` reports by
+    :func:`~deqshield.compare.worst_over`."""
+    return worst_over([read_verdicts(path, selection) for path in [report, *(more or [])]])
 
 
 def _compare(args: argparse.Namespace) -> int:
     check_options(args, COMPARE)
-    comparison = compare(read_verdicts(args.a, Selection(args.defense_a, args.radius)),
-                         read_verdicts(args.b, Selection(args.defense_b, args.radius)))
+    comparison = compare(_side(args.a, args.also_a, Selection(args.defense_a, args.radius)),
+                         _side(args.b, args.also_b, Selection(args.defense_b, args.radius)))
     print(comparison.summary())
     return 0
 
@@ -27,6 +34,11 @@ def add_compare_command(subparsers: Any) -> argparse.ArgumentParser:
                         help="results.json (deqshield evaluate), certify.json (deqshield "
                              "certify) or smoothing.json (deqshield smooth)")
     parser.add_argument("b", type=Path, metavar="B", help="the report to compare A with")
+    for side in ("a", "b"):
+        parser.add_argument(f"--also-{side}", type=Path, action="append", metavar="REPORT",
+                            help=f"another report of {side.upper()}'s model on the same images "
+                                 "(another evaluation, other random draws; repeatable): a "
+                                 "sample counts robust only if every report says so")
     parser.add_argument("--defense-a", help="defense of A, by its label in results.json "
                                             "(default: the best defense)")
     parser.add_argument("--defense-b", help="defense of B (default: the best defense)")
