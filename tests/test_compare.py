@@ -68,8 +68,10 @@ def test_several_reports_of_one_model_count_a_sample_robust_only_if_all_do():
     assert worst_over([first]) is first
     with pytest.raises(InputError, match="different test images"):
         worst_over([first, verdicts("110")])
-    with pytest.raises(InputError, match="is at Linf 0.3"):
+    with pytest.raises(InputError, match="different radii"):
         worst_over([first, verdicts("1101", 0.3)])
+    with pytest.raises(InputError, match="at least one"):
+        worst_over([])
 
 
 def certify_report(path, certified: str, eps: float = 0.1):

@@ -78,16 +78,22 @@ class PairedComparison:
                 f"{self.only_b}; McNemar's exact test p = {self.p_value:.3g}")
 
 
+def _check_paired(a: SampleVerdicts, b: SampleVerdicts) -> None:
+    """:class:`InputError` unless ``a`` and ``b`` cover the same images under the same threat
+    model and radius (what per-sample pairing needs)."""
+    if a.robust.keys() != b.robust.keys():
+        raise InputError(f"the reports cover different test images ({len(a.robust)} and "
+                         f"{len(b.robust)} samples): pairing needs the same ones")
+    if (a.threat, a.eps) != (b.threat, b.eps):
+        raise InputError(f"the reports are at different radii ({a.threat} {a.eps:g} and "
+                         f"{b.threat} {b.eps:g})")
+
+
 def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
     """McNemar's exact test of two reports' per-sample verdicts on the same test images.
 
     :class:`InputError` if they cover different images or threat models (the test is paired)."""
-    if a.robust.keys() != b.robust.keys():
-        raise InputError(f"the reports cover different test images ({len(a.robust)} and "
-                         f"{len(b.robust)} samples): a paired comparison needs the same ones")
-    if (a.threat, a.eps) != (b.threat, b.eps):
-        raise InputError(f"the reports are at different radii ({a.threat} {a.eps:g} and "
-                         f"{b.threat} {b.eps:g})")
+    _check_paired(a, b)
     only_a = sum(1 for i, kept in a.robust.items() if kept and not b.robust[i])
     only_b = sum(1 for i, kept in b.robust.items() if kept and not a.robust[i])
     discordant = only_a + only_b
@@ -101,14 +107,11 @@ def worst_over(reports: Sequence[SampleVerdicts]) -> SampleVerdicts:
     since an adversarial example found by any run breaks it, a_i = min_r a_i^(r).
 
     :class:`InputError` if the reports cover different images or threat models."""
+    if not reports:
+        raise InputError("worst_over needs at least one report")
     first, *more = reports
     for other in more:
-        if other.robust.keys() != first.robust.keys():
-            raise InputError(f"{other.source} and {first.source} cover different test images: "
-                             "only reports on the same ones can be combined")
-        if (other.threat, other.eps) != (first.threat, first.eps):
-            raise InputError(f"{other.source} is at {other.threat} {other.eps:g}, "
-                             f"{first.source} at {first.threat} {first.eps:g}")
+        _check_paired(first, other)
     if not more:
         return first
     return SampleVerdicts(" and ".join(report.source for report in reports), first.threat,
