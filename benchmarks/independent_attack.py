@@ -15,7 +15,14 @@ input), and implements its own sign-gradient ascent with random restarts, scorin
   version's budgets: APGD 100 iterations with one restart, 9 target classes, Square 5000
   queries; all four members, or those listed) on the unrolled logits at the depth of each
   readout (the solver's ``max_iter`` and every early readout's index), its adversarial
-  examples scored by every defense.
+  examples scored by every defense;
+* with ``--autoattack ... --through-defenses [LABEL ...]``, the same AutoAttack through each
+  defense that transforms its input (test-time entropy reduction; those labelled, default all),
+  BPDA-style (Athalye et al. 2018): the forward pass is the defense's own logits, so
+  AutoAttack's losses, step-size schedule and success checks see exactly what the defense
+  predicts; the backward pass treats the defense's final input x' as x plus a constant and takes
+  the gradient of the unrolled logits at x' (depth: the base readout's). Only the samples those
+  defenses count robust are attacked.
 
 A sample that this attacker breaks for a defense while ``results.json`` lists it among the
 defense's ``robust_samples`` is an outside finding: the evaluation overstated robustness. Only the
@@ -30,6 +37,7 @@ reference AutoAttack accuracy a card records (``deqshield zoo update NAME
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 [--limit 64]
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t
     python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.3 --autoattack apgd-ce apgd-t --all-samples
+    python benchmarks/independent_attack.py RUN_DIR RESULTS_JSON --eps 0.1 --autoattack apgd-ce apgd-t --through-defenses
 
 ``--start S --limit L`` checks only the samples S <= i < L (a long check split in parts);
 ``--seed K`` gives a repeated check other random draws (restarts, AutoAttack's seeds).
@@ -52,7 +60,7 @@ from torch import Tensor, nn
 
 from deqshield.convergence import convergence_tally
 from deqshield.evaluate.matrix import materialize
-from deqshield.readouts import Early, ReadoutSpec
+from deqshield.readouts import Early, EntropyReduction, ReadoutSpec
 from deqshield.io.runs import load_run
 from results_io import run_config, write_results
 
@@ -111,12 +119,34 @@ class Unrolled(nn.Module):
         return unrolled_logits(self.model, x, self.depth)
 
 
-def auto_attack(model, readouts: dict, x: Tensor, y: Tensor, eps: float, depth: int,
+class ThroughDefense(nn.Module):
+    """A defense's own logits with a BPDA backward pass: with x' the input the defense ends with
+    (after its input updates), d logits / d x is taken as the gradient of the logits after
+    ``depth`` plain iterations at x', i.e. d x' / d x = I."""
+
+    def __init__(self, model, defense: EntropyReduction, depth: int):
+        super().__init__()
+        self.model, self.defense, self.depth = model, defense, depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            regulated = self.defense.regulate(self.model, x)
+            logits = self.defense.read(self.model, regulated)
+        shifted = x + (regulated.final_input - x).detach()
+        surrogate = unrolled_logits(self.model, shifted, self.depth)
+        return logits + surrogate - surrogate.detach()
+
+
+def base_depth(spec, n: int) -> int:
+    """The unrolled depth that stands for a readout: an early readout's index, else N."""
+    return spec.index if isinstance(spec, Early) else n
+
+
+def auto_attack(model, readouts: dict, x: Tensor, y: Tensor, eps: float, target: nn.Module,
                 members: list[str], seed: int) -> dict[str, Tensor]:
-    """AutoAttack's standard budgets on the unrolled logits, restricted to ``members``; which
+    """AutoAttack's standard budgets on ``target``'s logits, restricted to ``members``; which
     of its adversarial examples each defense misclassifies."""
-    adversary = AutoAttack(Unrolled(model, depth), eps=eps, norm="Linf", seed=seed,
-                           version="standard")
+    adversary = AutoAttack(target, eps=eps, norm="Linf", seed=seed, version="standard")
     adversary.attacks_to_run = members  # keeps the standard version's budgets
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=250)
     with torch.no_grad():
@@ -143,26 +173,49 @@ def main() -> None:
     parser.add_argument("--all-samples", action="store_true",
                         help="attack every sample, not only those some defense counts robust, "
                              "and print each defense's accuracy under this attacker alone")
+    parser.add_argument("--through-defenses", nargs="*", metavar="LABEL",
+                        help="with --autoattack: attack through these entropy-reduction "
+                             "defenses (labels as results.json has them; default all of them), "
+                             "their logits forward, BPDA backward, instead of the unrolled logits")
     args = parser.parse_args()
+    if args.through_defenses is not None and args.autoattack is None:
+        parser.error("--through-defenses needs --autoattack")
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     results = json.loads(args.results.read_text())
     start, limit = args.start, results["samples"] if args.limit is None else args.limit
     checked = range(start, limit)
-    attacked = list(checked) if args.all_samples else sorted(
-        {i for row in results["defenses"] for i in row["robust_samples"] if i in checked})
-    x, y = materialize(run.test.subset(attacked, "attacked"))
     recorded = json.dumps(results["protocol"]["defenses"])
     specs = TypeAdapter(list[ReadoutSpec]).validate_json(recorded)
     readouts = {row["label"]: spec for row, spec in zip(results["defenses"], specs)}
+    through = {}
+    if args.through_defenses is not None:
+        transforming = {label: spec for label, spec in readouts.items()
+                        if isinstance(spec, EntropyReduction)}
+        unknown = sorted(set(args.through_defenses) - set(transforming))
+        if unknown or not transforming:
+            parser.error(f"no entropy-reduction defense {unknown or ''} in {args.results} "
+                         f"(it has: {sorted(transforming) or 'none'})")
+        through = {label: spec for label, spec in transforming.items()
+                   if not args.through_defenses or label in args.through_defenses}
+    targets = through or readouts
+    attacked = list(checked) if args.all_samples else sorted(
+        {i for row in results["defenses"] if row["label"] in targets
+         for i in row["robust_samples"] if i in checked})
+    x, y = materialize(run.test.subset(attacked, "attacked"))
     total = {name: torch.zeros(len(y), dtype=torch.bool) for name in readouts}
     early = {spec.index for spec in specs if isinstance(spec, Early)}
     n = model.deq.solver.max_iter if hasattr(model, "deq") else None
     if args.autoattack is not None:
         members = args.autoattack or AUTOATTACK_MEMBERS
-        runs = [partial(auto_attack, depth=depth, members=members,
-                        seed=args.seed * 100 + depth)
-                for depth in (sorted({n} | early) if n is not None else [0])]
+        if through:
+            runs = [partial(auto_attack, members=members, seed=args.seed * 100 + k,
+                            target=ThroughDefense(model, spec, base_depth(spec.base, n)))
+                    for k, spec in enumerate(through.values())]
+        else:
+            runs = [partial(auto_attack, target=Unrolled(model, depth), members=members,
+                            seed=args.seed * 100 + depth)
+                    for depth in (sorted({n} | early) if n is not None else [0])]
     else:
         runs = [partial(attack, depth=depth, loss=loss, step=step, steps=args.steps,
                         restarts=args.restarts, seed=args.seed * 100 + depth)
@@ -177,7 +230,8 @@ def main() -> None:
             found = run_attack(model, readouts, x, y, args.eps)
             for name in readouts:
                 total[name] |= found[name]
-    which = "" if args.all_samples else " some defense counts robust"
+    which = "" if args.all_samples else (" some defense attacked through counts robust" if through
+                                         else " some defense counts robust")
     print(f"attacked the {len(attacked)} of samples {start}..{limit - 1}{which}"
           f" ({tally.unconverged} scored sample solves did not converge)")
     findings = {"config": run_config(x.device, **vars(args) | {"run": str(args.run),
