@@ -18,11 +18,13 @@ input), and implements its own sign-gradient ascent with random restarts, scorin
   examples scored by every defense;
 * with ``--autoattack ... --through-defenses [LABEL ...]``, the same AutoAttack through each
   defense that transforms its input (test-time entropy reduction; those labelled, default all),
-  BPDA-style (Athalye et al. 2018): the forward pass is the defense's own logits, so
-  AutoAttack's losses, step-size schedule and success checks see exactly what the defense
-  predicts; the backward pass treats the defense's final input x' as x plus a constant and takes
-  the gradient of the unrolled logits at x' (depth: the base readout's). Only the samples those
-  defenses count robust are attacked.
+  the forward pass being the defense's own logits, so AutoAttack's losses, step-size schedule
+  and success checks see exactly what the defense predicts; the backward pass (``--through-
+  gradient``) is that of the defense's Algorithm 1 written out here with autograd (``exact``:
+  plain damped steps, the sign steps' direction held constant, x's gradient through the box
+  projection and the injections) or BPDA (Athalye et al. 2018: the defense's final input x' taken
+  as x plus a constant, the gradient of the unrolled logits at x', depth the base readout's).
+  Only the samples those defenses count robust are attacked.
 
 A sample that this attacker breaks for a defense while ``results.json`` lists it among the
 defense's ``robust_samples`` is an outside finding: the evaluation overstated robustness. Only the
@@ -60,7 +62,7 @@ from torch import Tensor, nn
 
 from deqshield.convergence import convergence_tally
 from deqshield.evaluate.matrix import materialize
-from deqshield.readouts import Early, EntropyReduction, ReadoutSpec
+from deqshield.readouts import Early, Ensemble, EntropyReduction, ReadoutSpec
 from deqshield.io.runs import load_run
 from results_io import run_config, write_results
 
@@ -119,27 +121,73 @@ class Unrolled(nn.Module):
         return unrolled_logits(self.model, x, self.depth)
 
 
-class ThroughDefense(nn.Module):
-    """A defense's own logits with a BPDA backward pass: with x' the input the defense ends with
-    (after its input updates), d logits / d x is taken as the gradient of the logits after
-    ``depth`` plain iterations at x', i.e. d x' / d x = I."""
+def base_depth(spec, n: int) -> int:
+    """The unrolled depth that stands for a readout: an early readout's index, else N."""
+    return spec.index if isinstance(spec, Early) else n
 
-    def __init__(self, model, defense: EntropyReduction, depth: int):
+
+def read_states(model, spec, states: list[Tensor]) -> Tensor:
+    """A trajectory readout of z_0..z_N: head(z_i) (early), head(mean z_first..z_N) (ensemble),
+    head(z_N) (final)."""
+    if isinstance(spec, Early):
+        return model.head(states[spec.index])
+    if isinstance(spec, Ensemble):
+        return model.head(torch.stack(states[spec.first:]).mean(dim=0))
+    return model.head(states[-1])
+
+
+def regulated_states(model, defense: EntropyReduction, x: Tensor) -> list[Tensor]:
+    """Test-time entropy reduction (regulating-dynamics-icml23, Algorithm 1) written out with
+    autograd: N damped plain steps from z_0; after every T_f-th step, R projected sign steps
+    x' <- Proj(x' - beta sign grad_x' H(head(f(z; x')))) in the eps-box around x (the sign is a
+    constant of the step), then that step recomputed from the previous state with the new
+    input. x's gradient flows through the box projection and the injections."""
+    damping = getattr(model.deq.solver, "damping", 1.0)
+
+    def step(z: Tensor, u: Tensor) -> Tensor:
+        return z + damping * (model.deq.cell(z, u) - z)
+
+    u = model.inject(x)
+    states, x_now = [model.deq.cell.initial_state(u)], x
+    for t in range(model.deq.solver.max_iter):
+        z = step(states[-1], u)
+        if defense.steps and (t + 1) % defense.interval == 0:
+            for _ in range(defense.steps):
+                probe = x_now.detach().requires_grad_()
+                with torch.enable_grad():
+                    logits = model.head(model.deq.cell(z.detach(), model.inject(probe)))
+                    p = logits.softmax(dim=1)
+                    entropy = -(p * logits.log_softmax(dim=1)).sum()
+                    (grad,) = torch.autograd.grad(entropy, probe)
+                x_now = x_now - defense.step_size * grad.sign()
+                x_now = torch.min(torch.max(x_now, x - defense.eps), x + defense.eps)
+                x_now = x_now.clamp(*defense.bounds)
+            u = model.inject(x_now)
+            z = step(states[-1], u)
+        states.append(z)
+    return states
+
+
+class ThroughDefense(nn.Module):
+    """A defense's own logits forward; backward either the gradient of ``regulated_states``'
+    readout (``exact``) or BPDA: with x' the input the defense ends with, the gradient of the
+    logits after ``depth`` plain iterations at x', i.e. d x' / d x = I."""
+
+    def __init__(self, model, defense: EntropyReduction, depth: int, gradient: str = "exact"):
         super().__init__()
-        self.model, self.defense, self.depth = model, defense, depth
+        self.model, self.defense, self.depth, self.gradient = model, defense, depth, gradient
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             regulated = self.defense.regulate(self.model, x)
             logits = self.defense.read(self.model, regulated)
-        shifted = x + (regulated.final_input - x).detach()
-        surrogate = unrolled_logits(self.model, shifted, self.depth)
+        if self.gradient == "exact":
+            surrogate = read_states(self.model, self.defense.base,
+                                    regulated_states(self.model, self.defense, x))
+        else:
+            shifted = x + (regulated.final_input - x).detach()
+            surrogate = unrolled_logits(self.model, shifted, self.depth)
         return logits + surrogate - surrogate.detach()
-
-
-def base_depth(spec, n: int) -> int:
-    """The unrolled depth that stands for a readout: an early readout's index, else N."""
-    return spec.index if isinstance(spec, Early) else n
 
 
 def auto_attack(model, readouts: dict, x: Tensor, y: Tensor, eps: float, target: nn.Module,
@@ -176,7 +224,10 @@ def main() -> None:
     parser.add_argument("--through-defenses", nargs="*", metavar="LABEL",
                         help="with --autoattack: attack through these entropy-reduction "
                              "defenses (labels as results.json has them; default all of them), "
-                             "their logits forward, BPDA backward, instead of the unrolled logits")
+                             "their logits forward, instead of the unrolled logits")
+    parser.add_argument("--through-gradient", choices=["exact", "bpda"], default="exact",
+                        help="backward pass through a defense: the unrolled regulated "
+                             "dynamics (exact) or BPDA at its final input")
     args = parser.parse_args()
     if args.through_defenses is not None and args.autoattack is None:
         parser.error("--through-defenses needs --autoattack")
@@ -210,7 +261,8 @@ def main() -> None:
         members = args.autoattack or AUTOATTACK_MEMBERS
         if through:
             runs = [partial(auto_attack, members=members, seed=args.seed * 100 + k,
-                            target=ThroughDefense(model, spec, base_depth(spec.base, n)))
+                            target=ThroughDefense(model, spec, base_depth(spec.base, n),
+                                                  args.through_gradient))
                     for k, spec in enumerate(through.values())]
         else:
             runs = [partial(auto_attack, target=Unrolled(model, depth), members=members,
