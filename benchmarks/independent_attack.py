@@ -225,12 +225,15 @@ def main() -> None:
                         help="with --autoattack: attack through these entropy-reduction "
                              "defenses (labels as results.json has them; default all of them), "
                              "their logits forward, instead of the unrolled logits")
-    parser.add_argument("--through-gradient", choices=["exact", "bpda"], default="exact",
-                        help="backward pass through a defense: the unrolled regulated "
-                             "dynamics (exact) or BPDA at its final input")
+    parser.add_argument("--through-gradient", choices=["exact", "bpda"],
+                        help="with --through-defenses: the backward pass through a defense, "
+                             "the unrolled regulated dynamics (exact, the default) or BPDA at "
+                             "its final input")
     args = parser.parse_args()
     if args.through_defenses is not None and args.autoattack is None:
         parser.error("--through-defenses needs --autoattack")
+    if args.through_gradient is not None and args.through_defenses is None:
+        parser.error("--through-gradient needs --through-defenses")
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     results = json.loads(args.results.read_text())
@@ -262,7 +265,7 @@ def main() -> None:
         if through:
             runs = [partial(auto_attack, members=members, seed=args.seed * 100 + k,
                             target=ThroughDefense(model, spec, base_depth(spec.base, n),
-                                                  args.through_gradient))
+                                                  args.through_gradient or "exact"))
                     for k, spec in enumerate(through.values())]
         else:
             runs = [partial(auto_attack, target=Unrolled(model, depth), members=members,
