@@ -8,7 +8,8 @@ import math
 import pytest
 
 from deqshield.cli import main
-from deqshield.compare import SampleVerdicts, compare, read_verdicts, worst_over
+from deqshield.compare import (SampleVerdicts, Selection, compare, read_model, read_verdicts,
+                               worst_over)
 from deqshield.errors import InputError
 
 
@@ -48,8 +49,9 @@ def test_reports_must_cover_the_same_images_at_the_same_radius():
 
 @pytest.mark.parametrize("contents, message", [
     ("{not json", "not a readable JSON report"),
-    ("[1, 2]", "not a results.json, certify.json or smoothing.json"),
+    ("[1, 2]", "not a results.json, certify.json, smoothing.json or independent"),
     ('{"defenses": []}', "lacks what deqshield writes"),
+    ('{"attacked": 0, "defenses": {}}', "only lower the evaluation it checked"),
 ])
 def test_files_that_are_not_reports_get_a_one_line_error(tmp_path, contents, message):
     path = tmp_path / "report.json"
@@ -67,7 +69,9 @@ def test_several_reports_of_one_model_count_a_sample_robust_only_if_all_do():
     assert [combined.robust[i] for i in range(4)] == [True, False, False, True]
     assert worst_over([first]) is first
     with pytest.raises(InputError, match="different test images"):
-        worst_over([first, verdicts("110")])
+        worst_over([first, verdicts("11011")])
+    part = SampleVerdicts("part", "Linf", 0.1, {3: False})  # a check of image 3 only
+    assert [worst_over([first, part]).robust[i] for i in range(4)] == [True, True, False, False]
     with pytest.raises(InputError, match="different radii"):
         worst_over([first, verdicts("1101", 0.3)])
     with pytest.raises(InputError, match="at least one"):
@@ -89,4 +93,42 @@ def test_the_cli_combines_the_further_reports_of_each_side(tmp_path, capsys):
     assert main(["compare", a1, b, "--also-a", a2]) == 0
     out = capsys.readouterr().out
     assert "A: " + a1 in out and a2 in out and "kept by A only 2, by B only 1" in out
-    assert main(["compare", a1, b, "--also-b", certify_report(tmp_path / "c.json", "1111")]) == 2
+    assert main(["compare", a1, b, "--also-b", certify_report(tmp_path / "c.json", "1111111")]) == 2
+
+
+def evaluation_report(path, robust: dict[str, list[int]], samples: int, best: str):
+    path.write_text(json.dumps({
+        "samples": samples, "protocol": {"eps": 0.1}, "aggregate": {"worst_case": {"defense": best}},
+        "defenses": [{"label": label, "robust_samples": kept} for label, kept in robust.items()]}))
+    return path
+
+
+def outside_report(path, broken: dict[str, list[int]], start: int, stop: int):
+    """An independent_attack.json as benchmarks/independent_attack.py writes it."""
+    path.write_text(json.dumps({
+        "config": {"eps": 0.1}, "samples": [start, stop], "attacked": stop - start,
+        "defenses": {label: {"robust": 0, "broken_robust": found} for label, found in broken.items()}}))
+    return path
+
+
+def test_independent_attack_findings_lower_the_evaluation_they_checked(tmp_path, capsys):
+    evaluation = evaluation_report(tmp_path / "results.json",
+                                   {"final": [0, 1, 2, 4, 5], "early": [0, 1, 2, 3]}, 6, "final")
+    first_half = outside_report(tmp_path / "a.json", {"final": [1], "early": [0, 2]}, 0, 3)
+    second_half = outside_report(tmp_path / "b.json", {"final": [5], "early": []}, 3, 6)
+    combined = read_model([evaluation, first_half, second_half])  # the best defense: final
+    assert combined.defense == "final"
+    assert [combined.robust[i] for i in range(6)] == [True, False, True, False, True, False]
+    early = read_model([evaluation, first_half], Selection(defense="early"))
+    assert [early.robust[i] for i in range(6)] == [False, True, False, True, False, False]
+    assert read_verdicts(first_half, Selection(defense="final")).lowers_only
+    with pytest.raises(InputError, match="no findings for the defense 'ensemble'"):
+        read_verdicts(first_half, Selection(defense="ensemble"))
+    with pytest.raises(InputError, match="only lower"):
+        read_model([first_half, evaluation])
+    with pytest.raises(InputError, match="only lower"):
+        compare(read_verdicts(first_half, Selection(defense="final")), combined)
+    assert main(["compare", str(evaluation), str(evaluation), "--also-a", str(first_half),
+                 "--also-a", str(second_half)]) == 0
+    assert "kept by A only 0, by B only 2" in capsys.readouterr().out
+    assert main(["compare", str(first_half), str(evaluation)]) == 2

@@ -13,7 +13,7 @@ from deqshield.attacks import PGD, AttackResult, AutoAttackBridge
 from deqshield.certify import CerDEQSettings, CNN7Settings, certify
 from deqshield.certify.run import certify_run
 from deqshield.compare import (PairedComparison, SampleVerdicts, Selection, compare,
-                               read_verdicts, worst_over)
+                               read_model, read_verdicts, worst_over)
 from deqshield.convergence import ConvergencePolicy, convergence_policy, set_convergence_policy
 from deqshield.data import ArrayDataset, load_dataset
 from deqshield.errors import (CheckpointError, ConfigError, DataError, DEQShieldError, InputError,
@@ -57,7 +57,7 @@ __all__ = [
     "AttackSpec", "Protocol", "AttackBudget", "standard_protocol", "run_protocol",
     "transfer", "TransferResult", "evaluate_model", "evaluate_run",
     # comparing two reports per sample
-    "read_verdicts", "Selection", "compare", "SampleVerdicts", "PairedComparison", "worst_over",
+    "read_model", "read_verdicts", "Selection", "compare", "SampleVerdicts", "PairedComparison", "worst_over",
     # training
     "train", "fit", "Standard", "PGDAT", "TRADES", "FastAT", "FreeAT", "GaussianNoise",
     "Certified",

@@ -18,7 +18,10 @@ Verdicts are read from the reports deqshield writes: ``results.json`` of ``deqsh
 one the report's worst case names), ``certify.json`` of ``deqshield certify``
 (``per_sample[i].certified``) and ``smoothing.json`` of ``deqshield smooth`` (correct with a
 certified l2 radius >= the ``radius`` asked for). Several reports of one model on the same
-images count as one by :func:`worst_over` (robust only where every report says so).
+images count as one by :func:`worst_over` (robust only where every report says so); among them
+``independent_attack.json`` of ``benchmarks/independent_attack.py``, whose findings (samples an
+evaluation counted robust that an outside attacker broke) only lower the evaluation they
+checked (:func:`read_model`).
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ from deqshield.smoothing.report import certified_at
 @dataclasses.dataclass(frozen=True)
 class SampleVerdicts:
     """Per-sample verdicts of one report: ``robust[i]`` for the test image of index ``i``,
-    under the ``threat`` model ("Linf" or "L2") at radius ``eps``."""
+    under the ``threat`` model ("Linf" or "L2") at radius ``eps``; ``defense``: the label of
+    the evaluation's defense they are of (None for a certificate); ``lowers_only``: the
+    verdicts only lower another report's (an independent attack's findings: ``robust[i]`` is
+    False where it broke image i, True elsewhere, which alone is no accuracy)."""
 
     source: str
     threat: str
     eps: float
     robust: Mapping[int, bool]
+    defense: Optional[str] = None
+    lowers_only: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -84,6 +92,11 @@ def _check_paired(a: SampleVerdicts, b: SampleVerdicts) -> None:
     if a.robust.keys() != b.robust.keys():
         raise InputError(f"the reports cover different test images ({len(a.robust)} and "
                          f"{len(b.robust)} samples): pairing needs the same ones")
+    _check_radius(a, b)
+
+
+def _check_radius(a: SampleVerdicts, b: SampleVerdicts) -> None:
+    """:class:`InputError` unless ``a`` and ``b`` share threat model and radius."""
     if (a.threat, a.eps) != (b.threat, b.eps):
         raise InputError(f"the reports are at different radii ({a.threat} {a.eps:g} and "
                          f"{b.threat} {b.eps:g})")
@@ -92,7 +105,12 @@ def _check_paired(a: SampleVerdicts, b: SampleVerdicts) -> None:
 def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
     """McNemar's exact test of two reports' per-sample verdicts on the same test images.
 
-    :class:`InputError` if they cover different images or threat models (the test is paired)."""
+    :class:`InputError` if they cover different images or threat models (the test is paired),
+    or if either only lowers another report's verdicts."""
+    for side in (a, b):
+        if side.lowers_only:
+            raise InputError(f"{side.source} only lowers the verdicts of the evaluation it "
+                             f"checked: give that evaluation, with this report beside it")
     _check_paired(a, b)
     only_a = sum(1 for i, kept in a.robust.items() if kept and not b.robust[i])
     only_b = sum(1 for i, kept in b.robust.items() if kept and not a.robust[i])
@@ -102,21 +120,27 @@ def compare(a: SampleVerdicts, b: SampleVerdicts) -> PairedComparison:
 
 
 def worst_over(reports: Sequence[SampleVerdicts]) -> SampleVerdicts:
-    """Several reports of one model on the same images (evaluations with other random draws,
-    an earlier protocol) as one: image i counts robust only if every report counts it robust,
-    since an adversarial example found by any run breaks it, a_i = min_r a_i^(r).
+    """Several reports of one model as one, on the first report's images: image i counts
+    robust only if every report covering it counts it robust, since an adversarial example
+    found by any run breaks it, a_i = min_r a_i^(r). Later reports may cover only some of the
+    first's images (an outside check run in parts).
 
-    :class:`InputError` if the reports cover different images or threat models."""
+    :class:`InputError` if a later report covers an image the first does not, or another
+    threat model."""
     if not reports:
         raise InputError("worst_over needs at least one report")
     first, *more = reports
     for other in more:
-        _check_paired(first, other)
+        extra = other.robust.keys() - first.robust.keys()
+        if extra:
+            raise InputError(f"{other.source} covers different test images than "
+                             f"{first.source} ({len(extra)} beyond its {len(first.robust)})")
+        _check_radius(first, other)
     if not more:
         return first
     return SampleVerdicts(" and ".join(report.source for report in reports), first.threat,
-                          first.eps, {i: all(report.robust[i] for report in reports)
-                                      for i in first.robust})
+                          first.eps, {i: all(report.robust.get(i, True) for report in reports)
+                                      for i in first.robust}, first.defense, first.lowers_only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +170,28 @@ def read_verdicts(path: Path, selection: Selection = Selection()) -> SampleVerdi
     keys = report.keys() if isinstance(report, dict) else ()
     reader = next((read for key, read in _READERS.items() if key in keys), None)
     if reader is None:
-        raise InputError(f"{path} is not a results.json, certify.json or smoothing.json "
-                         f"of deqshield")
+        raise InputError(f"{path} is not a results.json, certify.json, smoothing.json or "
+                         f"independent_attack.json of deqshield")
     try:
         return reader(report, selection, str(path))
     except (KeyError, TypeError, IndexError) as error:
         raise InputError(f"{path} lacks what deqshield writes there "
                          f"({type(error).__name__}: {error})") from None
+
+
+def read_model(paths: Sequence[Path], selection: Selection = Selection()) -> SampleVerdicts:
+    """One model's verdicts from its reports (:func:`worst_over`): the first an evaluation,
+    certification or smoothing report, the others further reports of the model on (some of)
+    its images -- other evaluations, independent attacks' findings -- read for the defense
+    the first one's verdicts are of."""
+    if not paths:
+        raise InputError("read_model needs at least one report")
+    first = read_verdicts(paths[0], selection)
+    if first.lowers_only:
+        raise InputError(f"{paths[0]} only lowers the verdicts of the evaluation it checked: "
+                         f"give that evaluation first")
+    more = Selection(selection.defense or first.defense, selection.radius)
+    return worst_over([first, *(read_verdicts(path, more) for path in paths[1:])])
 
 
 def _evaluation(report: dict[str, Any], selection: Selection, source: str) -> SampleVerdicts:
@@ -165,7 +204,28 @@ def _evaluation(report: dict[str, Any], selection: Selection, source: str) -> Sa
     robust = set(rows[label]["robust_samples"])
     return SampleVerdicts(f"{source} ({label}, per-sample worst case)", "Linf",
                           float(report["protocol"]["eps"]),
-                          {i: i in robust for i in range(report["samples"])})
+                          {i: i in robust for i in range(report["samples"])}, label)
+
+
+def _outside_attack(report: dict[str, Any], selection: Selection,
+                    source: str) -> SampleVerdicts:
+    """An independent attack's findings on test images start <= i < stop: False where it
+    broke a sample the checked evaluation counted robust for the defense, True elsewhere."""
+    selection.refuse(source, "an independent attack's findings", "radius")
+    findings = report["defenses"]
+    if selection.defense is None:
+        raise InputError(f"{source} holds an independent attack's findings, which only lower "
+                         f"the evaluation it checked: give that evaluation first, this report "
+                         f"beside it (--also-a / --also-b)")
+    if selection.defense not in findings:
+        raise InputError(f"{source} has no findings for the defense {selection.defense!r}; it "
+                         f"has {', '.join(repr(name) for name in findings)}")
+    start, stop = report["samples"]
+    broken = set(findings[selection.defense]["broken_robust"])
+    return SampleVerdicts(f"{source} ({selection.defense}, independent attack)", "Linf",
+                          float(report["config"]["eps"]),
+                          {i: i not in broken for i in range(start, stop)},
+                          selection.defense, lowers_only=True)
 
 
 def _certification(report: dict[str, Any], selection: Selection,
@@ -187,8 +247,9 @@ def _smoothing(report: dict[str, Any], selection: Selection, source: str) -> Sam
                            for record in report["records"]})
 
 
-# A key only that command's report has -> the reader of its verdicts.
+# A key only that command's report has (checked in this order) -> the reader of its verdicts.
 _READERS: dict[str, Callable[[dict[str, Any], Selection, str], SampleVerdicts]] = {
+    "attacked": _outside_attack,
     "defenses": _evaluation,
     "certified_broken_by_pgd": _certification,
     "records": _smoothing,

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deqshield.cli.args import COMPARE, check_options
-from deqshield.compare import (SampleVerdicts, Selection, compare, read_verdicts,
-                               worst_over)
+from deqshield.compare import SampleVerdicts, Selection, compare, read_model
 
 
 def _side(report: Path, more: Optional[list[Path]], selection: Selection) -> SampleVerdicts:
     """One model's verdicts: ``report``, combined with its ``more`` reports by
-    :func:`~deqshield.compare.worst_over`."""
-    return worst_over([read_verdicts(path, selection) for path in [report, *(more or [])]])
+    :func:`~deqshield.compare.read_model`."""
+    return read_model([report, *(more or [])], selection)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -36,9 +35,11 @@ def add_compare_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("b", type=Path, metavar="B", help="the report to compare A with")
     for side in ("a", "b"):
         parser.add_argument(f"--also-{side}", type=Path, action="append", metavar="REPORT",
-                            help=f"another report of {side.upper()}'s model on the same images "
-                                 "(another evaluation, other random draws; repeatable): a "
-                                 "sample counts robust only if every report says so")
+                            help=f"another report of {side.upper()}'s model on (some of) the same "
+                                 "images (another evaluation, other random draws, an "
+                                 "independent_attack.json of benchmarks/independent_attack.py; "
+                                 "repeatable): a sample counts robust only if every report "
+                                 "says so")
     parser.add_argument("--defense-a", help="defense of A, by its label in results.json "
                                             "(default: the best defense)")
     parser.add_argument("--defense-b", help="defense of B (default: the best defense)")
