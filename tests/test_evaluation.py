@@ -39,7 +39,9 @@ def test_evaluation_writes_consistent_results_report_and_plots(run_dir, tmp_path
         assert row["worst_case_accuracy"] <= row["min_over_attacks"] <= row["clean_accuracy"]
     for name in written["plots"]:
         assert (tmp_path / name).stat().st_size > 0
-    assert "Diagnostics" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Diagnostics" in report
+    assert "note: no AutoAttack column" in report  # PGD alone: the report says so
 
 
 def test_compare_reads_each_defenses_robust_samples(run_dir, tmp_path, capsys):
@@ -119,6 +121,8 @@ def test_explicit_baseline_gets_pgd_apgd_and_square(tmp_path):
     assert [row["label"] for row in results["defenses"]] == ["final"]
     assert [a["label"] for a in results["attacks"]] == ["PGD-10", "APGD-CE/T",
                                                         "Square (gradient-free)"]
+    assert not any("AutoAttack column" in note for note in results["notes"])
+    assert any(note.startswith("quick run") for note in results["notes"])
     assert (tmp_path / "report.md").exists() and (tmp_path / "defense_attack_matrix.png").exists()
 
 

@@ -37,6 +37,7 @@ def run_protocol(protocol: Protocol, model: Classifier, data: Dataset, *,
     flags = obfuscation_flags(table, specs, margin=protocol.obfuscation_margin,
                               threshold=protocol.nonconverged_threshold)
     results = results_dict(table, specs, flags, protocol, meta)
+    results["notes"] = protocol.caveats()
     if screening is not None:
         results["screening"] = screening.summary()
     if out_dir is not None:

@@ -154,7 +154,7 @@ def _evaluate_deq(model: DEQClassifier, test: Dataset, dev: Optional[Dataset], *
     if keep is not None:
         protocol = dataclasses.replace(protocol, attacks=tuple(filter(keep, protocol.attacks)))
     results = run_protocol(protocol, model, test, meta=meta, progress=progress)
-    results["notes"] = [note for note in (redundant_early(model, early_index),) if note]
+    results["notes"] += [note for note in (redundant_early(model, early_index),) if note]
     results["diagnostics"] = diagnostics
     return results
 

@@ -118,6 +118,21 @@ class Protocol:
     nonconverged_threshold: Annotated[float, Field(ge=0, le=1)] = 0.05
     screening: Optional[Screening] = None
 
+    def caveats(self) -> list[str]:
+        """Why this protocol's figures are weaker upper bounds than the full protocol's (the
+        report's notes): a quick run, or no AutoAttack column."""
+        caveats = []
+        if self.quick:
+            caveats.append(f"quick run: at most {self.quick_samples} samples, APGD capped at "
+                           f"{self.quick_apgd_iterations} iterations and Square at "
+                           f"{self.quick_square_queries} queries: a smoke test, not a result")
+        if not any(isinstance(spec.attack, AutoAttackBridge) for spec in self.attacks):
+            caveats.append("no AutoAttack column (APGD, Square; left out by --no-autoattack): "
+                           "every figure is an upper bound under PGD alone, which "
+                           "AutoAttack-strength attacks can lower, by several points through "
+                           "entropy reduction on a weak readout")
+        return caveats
+
     def attack_specs(self) -> list[AttackSpec]:
         """The attacks at this protocol's ``eps`` (capped in quick mode)."""
         specs = [spec.with_eps(self.eps) for spec in self.attacks]
