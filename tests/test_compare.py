@@ -98,7 +98,8 @@ def test_the_cli_combines_the_further_reports_of_each_side(tmp_path, capsys):
 
 def evaluation_report(path, robust: dict[str, list[int]], samples: int, best: str):
     path.write_text(json.dumps({
-        "samples": samples, "protocol": {"eps": 0.1}, "aggregate": {"worst_case": {"defense": best}},
+        "samples": samples, "protocol": {"eps": 0.1},
+        "aggregate": {"worst_case": {"defense": best}},
         "defenses": [{"label": label, "robust_samples": kept} for label, kept in robust.items()]}))
     return path
 
@@ -107,7 +108,8 @@ def outside_report(path, broken: dict[str, list[int]], start: int, stop: int):
     """An independent_attack.json as benchmarks/independent_attack.py writes it."""
     path.write_text(json.dumps({
         "config": {"eps": 0.1}, "samples": [start, stop], "attacked": stop - start,
-        "defenses": {label: {"robust": 0, "broken_robust": found} for label, found in broken.items()}}))
+        "defenses": {label: {"robust": 0, "broken_robust": found}
+                     for label, found in broken.items()}}))
     return path
 
 

@@ -57,7 +57,8 @@ __all__ = [
     "AttackSpec", "Protocol", "AttackBudget", "standard_protocol", "run_protocol",
     "transfer", "TransferResult", "evaluate_model", "evaluate_run",
     # comparing two reports per sample
-    "read_model", "read_verdicts", "Selection", "compare", "SampleVerdicts", "PairedComparison", "worst_over",
+    "read_model", "read_verdicts", "Selection", "compare", "SampleVerdicts", "PairedComparison",
+    "worst_over",
     # training
     "train", "fit", "Standard", "PGDAT", "TRADES", "FastAT", "FreeAT", "GaussianNoise",
     "Certified",
