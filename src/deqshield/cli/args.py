@@ -55,6 +55,17 @@ ZOO_ADD: Mapping[str, Rule] = {"wall_time": non_negative_number, "processes": po
 COMPARE: Mapping[str, Rule] = {"radius": non_negative_number}
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: str = "") -> None:
+    """The positional RUN (a run directory or ``zoo:NAME``) and ``--out`` (default: the run
+    directory, or its ``default_out`` subfolder; required for a zoo model) of the commands that
+    read a trained model."""
+    parser.add_argument("run_dir", metavar="RUN",
+                        help="run directory written by `deqshield train`, or zoo:NAME")
+    where = f"RUN/{default_out}" if default_out else "the run directory"
+    parser.add_argument("--out", type=Path,
+                        help=f"output folder (default: {where}; required for zoo:NAME)")
+
+
 def check_options(args: argparse.Namespace, rules: Mapping[str, Rule]) -> None:
     """Apply ``rules`` to the options that were given (None means "not given")."""
     for dest, rule in rules.items():

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from deqshield.certify.run import WRITES, certify_run
-from deqshield.cli.args import CERTIFY, check_options, prepare_output_dir
+from deqshield.cli.args import CERTIFY, add_run_arguments, check_options, prepare_output_dir
 from deqshield.io.runs import output_dir, run_config
 from deqshield.sharding import sample_shards
 
@@ -37,10 +36,7 @@ def add_certify_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "certify", help="certified / clean / PGD accuracy of a certified-training run "
                         "(certify.json, certify.md, bound_growth.png)")
-    parser.add_argument("run_dir", metavar="RUN",
-                        help="run directory written by deqshield train, or zoo:NAME")
-    parser.add_argument("--out", type=Path,
-                        help="output folder (default: the run directory; required for zoo:NAME)")
+    add_run_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="overwrite certify.json / certify.md / bound_growth.png already "
                              "in the folder")

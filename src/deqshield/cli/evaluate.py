@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from deqshield.cli.args import EVALUATE, check_options, prepare_resumable_dir
+from deqshield.cli.args import EVALUATE, add_run_arguments, check_options, prepare_resumable_dir
 from deqshield.cli.errors import on_interrupt
 from deqshield.evaluate.journal import evaluation_records
 from deqshield.evaluate.run import evaluate_run
@@ -74,9 +74,7 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser = subparsers.add_parser(
         "evaluate", help="white-box evaluation of a trained run: defenses x attacks, "
                          "diagnostics, results.json + report.md + plots")
-    parser.add_argument("run_dir", metavar="RUN",
-                        help="run directory written by `deqshield train`, or zoo:NAME")
-    parser.add_argument("--out", help="output folder (default: RUN/evaluation; required for zoo:NAME)")
+    add_run_arguments(parser, "evaluation")
     parser.add_argument("--force", action="store_true",
                         help="write into an output folder that already holds files")
     parser.add_argument("--resume", action="store_true",

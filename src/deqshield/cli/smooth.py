@@ -5,12 +5,11 @@ images)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from deqshield.cli.args import SMOOTH, check_options, prepare_resumable_dir
+from deqshield.cli.args import SMOOTH, add_run_arguments, check_options, prepare_resumable_dir
 from deqshield.cli.errors import describe, on_interrupt
 from deqshield.convergence import get_convergence_policy
 from deqshield.errors import InputError
@@ -86,8 +85,7 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "smooth", help="randomized-smoothing l2 certificates of a run's model "
                        "(smoothing.json, smoothing.png)")
-    parser.add_argument("run_dir", type=Path, metavar="RUN",
-                        help="run directory written by deqshield train, or zoo:NAME")
+    add_run_arguments(parser)
     parser.add_argument("--sigma", type=float, required=True, help="noise level sigma")
     parser.add_argument("--n", "--draws", dest="n", type=int, default=10_000,
                         help="estimation draws (10000); spell it --draws under torchrun, "
@@ -106,8 +104,6 @@ def add_smooth_command(subparsers: Any) -> argparse.ArgumentParser:
                         help="warm-start each batch from the previous one (SRS's chain) "
                              "instead of from the cold-solved selection draws")
     parser.add_argument("--readout", default="final", help="final, early:I or ensemble")
-    parser.add_argument("--out", type=Path,
-                        help="output folder (default: the run directory; required for zoo:NAME)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite smoothing.json / smoothing.png already in the folder")
     parser.add_argument("--data-dir", help="data directory (overrides data.root)")
