@@ -84,7 +84,8 @@ def test_pgd_stays_in_the_ball_and_range_and_raises_the_loss(model, norm, eps, s
 
 def test_pgd_with_zero_eps_returns_the_input(model):
     x = torch.rand(3, 1, 8, 8)
-    x_adv = PGD(eps=0.0, steps=3).run(model, FinalState(), x, torch.zeros(3, dtype=torch.long)).x_adv
+    y = torch.zeros(3, dtype=torch.long)
+    x_adv = PGD(eps=0.0, steps=3).run(model, FinalState(), x, y).x_adv
     torch.testing.assert_close(x_adv, x, rtol=0, atol=0)
 
 

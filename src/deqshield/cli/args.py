@@ -38,9 +38,8 @@ EVALUATE: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "early_index": positive, "entropy_interval": positive,
     "entropy_steps": non_negative, "entropy_step": non_negative_number,
     "apgd_iterations": positive, "apgd_restarts": positive, "square_queries": positive,
-    "pgd_steps": positive,
-    "seed": seed,
-    "restarts": positive, "warm_steps": positive, "screen_samples": positive, "keep": positive, "follow": positive,
+    "pgd_steps": positive, "seed": seed, "restarts": positive, "warm_steps": positive,
+    "screen_samples": positive, "keep": positive, "follow": positive,
 }
 CERTIFY: Mapping[str, Rule] = {
     "eps": radius, "limit": positive, "pgd_steps": positive, "pgd_restarts": positive,

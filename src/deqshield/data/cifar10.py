@@ -108,9 +108,8 @@ def load_cifar10(
     batches = [parse_batch(directory / filename) for filename in FILES[split]]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
-    return ArrayDataset(
-        to_unit_float(images), to_labels(labels), len(CLASS_NAMES), split_name(NAME, split), CLASS_NAMES
-    )
+    return ArrayDataset(to_unit_float(images), to_labels(labels), len(CLASS_NAMES),
+                        split_name(NAME, split), CLASS_NAMES)
 
 
 def parse_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,8 @@ PathSpec = Annotated[
     Field(discriminator="name"),
 ]
 """A gradient-path section of a config: ``{name: final|simultaneous-adjoint|adjoint-broyden|
-unrolled|unrolled-ensemble|unrolled-mean|ensemble|through-entropy-reduction|entropy-bpda, ...settings}``."""
+unrolled|unrolled-ensemble|unrolled-mean|ensemble|through-entropy-reduction|entropy-bpda,
+...settings}``."""
 
 __all__ = ["AdjointBroyden", "EnsemblePath", "EntropyBPDA", "FinalState", "GradientPath", "LossFn",
            "PathSpec", "SimultaneousAdjoint", "ThroughEntropyReduction", "UnrolledEnsemble",

@@ -47,4 +47,5 @@ def swapped_solver(current: FixedPointSolver, name: str) -> FixedPointSolver:
                                  for f in dataclasses.fields(current) if f.name in shared})
 
 __all__ = ["Anderson", "Broyden", "FixedPointSolver", "LowRankInverse", "Picard",
-           "SOLVER_NAMES", "SolverSpec", "solver_named", "swapped_solver", "SolverStep", "Trajectory", "check_state", "release_scratch"]
+           "SOLVER_NAMES", "SolverSpec", "solver_named", "swapped_solver", "SolverStep",
+           "Trajectory", "check_state", "release_scratch"]

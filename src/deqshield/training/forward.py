@@ -77,9 +77,10 @@ def random_intermediate_forward(model: nn.Module, x: Tensor,
                                 generator: Optional[torch.Generator]
                                 ) -> tuple[Tensor, Trajectory]:
     """h(z_i) with i ~ U{1..N} (N the solver's ``max_iter``) and the gradient mode attached at
-    z_i (``GradientMode.at_depth``: plain backprop unrolls i iterations); the full trajectory. The index is drawn before the solve and z_i is kept as the
-    solver streams it, so no other state is stored (memory flat in N); a solve that stops at
-    T < i has the frozen state z_i = z_T, as the readouts read it."""
+    z_i (``GradientMode.at_depth``: plain backprop unrolls i iterations); the full trajectory.
+    The index is drawn before the solve and z_i is kept as the solver streams it, so no other
+    state is stored (memory flat in N); a solve that stops at T < i has the frozen state
+    z_i = z_T, as the readouts read it."""
     if not isinstance(model, DEQClassifier):
         raise InputError("random_intermediate needs a DEQ model, got "
                          f"{type(model).__name__}")

@@ -262,9 +262,10 @@ class Trainer:
             self._restore_best(rob)
         if record.learned_around_its_attack() and self.context.is_main:
             tqdm.write(f"warning: the training adversaries were classified better "
-                       f"({record.adversarial_accuracy:.3f}) than clean dev images ({clean:.3f}): the "
-                       f"model has learned around its training attack (label leaking or gradient "
-                       f"masking); its robustness will not hold against other attacks")
+                       f"({record.adversarial_accuracy:.3f}) than clean dev images "
+                       f"({clean:.3f}): the model has learned around its training attack "
+                       f"(label leaking or gradient masking); its robustness will not hold "
+                       f"against other attacks")
         self.log.write(asdict(record), self.progress and self.context.is_main)
         self._save(asdict(record), is_best)
         return record

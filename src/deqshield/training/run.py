@@ -47,12 +47,12 @@ def train(config: Union[ExperimentConfig, str, Path], run_dir: Union[str, Path],
     ``resume`` continues from the latest checkpoint of ``run_dir`` (starting afresh if it has
     none); without it an existing checkpoint is an error. A resumed config must have the run's
     model section, and its checkpoint must fit the model, both checked before ``config.yaml``
-    is rewritten. ``data_dir``/``download`` override the
-    config's data root and download flag; the run's ``config.yaml`` records the data root used,
-    so ``evaluate`` and ``certify`` find the data without ``--data-dir``. ``device``: e.g. ``cpu``, ``cuda:0`` (default: CUDA
-    when available). ``digest_dir``: every process writes ``rank-<r>.sha256``, the digest of its
-    final weights (to check that distributed replicas agree). ``on_step(step)`` runs after every
-    optimizer step. Launched by ``torchrun``, the processes train one model together.
+    is rewritten. ``data_dir``/``download`` override the config's data root and download flag;
+    the run's ``config.yaml`` records the data root used, so ``evaluate`` and ``certify`` find
+    the data without ``--data-dir``. ``device``: e.g. ``cpu``, ``cuda:0`` (default: CUDA when
+    available). ``digest_dir``: every process writes ``rank-<r>.sha256``, the digest of its
+    final weights (to check that distributed replicas agree). ``on_step(step)`` runs after
+    every optimizer step. Launched by ``torchrun``, the processes train one model together.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
