@@ -70,6 +70,29 @@ def test_examples_stay_in_ball_and_findings_are_strings(setup, norm, eps, attack
     assert all(isinstance(f, str) for f in outcome.findings)
 
 
+def test_seed_per_column_from_the_generator(setup):
+    """starts() draws one seed per sample from the column's generator (reproducibly), and a
+    batch's AutoAttack draw follows the seed of its first sample: another seed, another draw."""
+    model, x = setup
+    x = x[:3]
+    bridge = AutoAttackBridge(eps=0.1, attacks=("apgd-ce",), **FAST)
+    assert bridge.starts(x, None) is None
+    seeds = bridge.starts(x, torch.Generator().manual_seed(5))
+    assert seeds.shape == (1, 3)
+    assert torch.equal(seeds, bridge.starts(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(seeds, bridge.starts(x, torch.Generator().manual_seed(6)))
+    y = Final().logits(model, x).argmax(1)
+
+    def example(start):
+        return bridge.run(model, FinalState(), x, y, defenses=(Final(),), start=start).x_adv
+
+    torch.testing.assert_close(example(torch.tensor([[11, 0, 0]])),
+                               example(torch.tensor([[11, 5, 9]])), rtol=0, atol=0)
+    assert not torch.equal(example(torch.tensor([[11, 0, 0]])), example(torch.tensor([[12, 0, 0]])))
+    torch.testing.assert_close(example(None), example(torch.tensor([[bridge.seed, 1, 2]])),
+                               rtol=0, atol=0)
+
+
 def test_settings_are_validated():
     with pytest.raises(Exception):
         AutoAttackBridge(attacks=("apgd-dlr",))
@@ -97,7 +120,7 @@ def test_every_defense_scores_every_run(monkeypatch):
     low, high, higher = Above(0.55), Above(0.58), Above(0.65)
     runs = {low: 0.1, high: 0.0, higher: -0.05}  # AutoAttack's example against each defense
     monkeypatch.setattr(AutoAttackBridge, "_attack",
-                        lambda self, model, readout, path, x, y: (x + runs[readout], []))
+                        lambda self, model, readout, path, x, y, seed: (x + runs[readout], []))
     x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
     result = AutoAttackBridge(eps=0.1).run(TwoClasses(), FinalState(), x, y,
                                            defenses=(low, high, higher))

@@ -90,7 +90,7 @@ def test_pairs_that_are_not_pending_are_neither_scored_nor_attacked(monkeypatch)
     result = pgd.run(model, Push(1.0), x, y, defenses=defenses, pending=pending)
     assert result.broken.tolist() == pending.tolist()
     attacked = []
-    monkeypatch.setattr(AutoAttackBridge, "_attack", lambda self, model, readout, path, x, y:
+    monkeypatch.setattr(AutoAttackBridge, "_attack", lambda self, model, readout, path, x, y, seed:
                         (attacked.append(len(x)) or x + 0.1, []))
     result = AutoAttackBridge(eps=0.1).run(model, Push(1.0), x, y, defenses=defenses,
                                            pending=pending)

@@ -89,9 +89,14 @@ class AutoAttackBridge:
             fab_iterations=min(self.fab_iterations, iterations),
             square_queries=min(self.square_queries, queries))
 
-    def starts(self, x: Tensor, generator: Optional[torch.Generator]) -> None:
-        """AutoAttack draws its own randomness (from ``seed``)."""
-        return None
+    def starts(self, x: Tensor, generator: Optional[torch.Generator]) -> Optional[Tensor]:
+        """AutoAttack draws its randomness per batch from one seed: here a (1, N) tensor of
+        seeds, one per sample, drawn from ``generator`` (None without one: ``seed`` is used).
+        A batch runs with the seed of its first sample, so that the columns of an evaluation,
+        and evaluations with another ``--seed``, are independent draws."""
+        if generator is None:
+            return None
+        return torch.randint(0, 2**31 - 1, (1, len(x)), generator=generator)
 
     def run(self, model: Classifier, path: GradientPath, x: Tensor, y: Tensor, *,
             defenses: Sequence[Readout] = (), start: Optional[Tensor] = None,
@@ -101,18 +106,20 @@ class AutoAttackBridge:
         ``path``'s gradient, each on the samples ``pending`` for that defense; ``x_adv`` is the
         run against the first. AutoAttack keeps the best example over its iterates and restarts
         itself; every defense then scores every run, and a defense no run breaks keeps its own
-        run's example as witness."""
+        run's example as witness. ``start``: this batch's rows of :meth:`starts` (AutoAttack
+        is seeded with the first; with None, ``seed``)."""
         check_range(x, BOUNDS)
         check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         targets = tuple(defenses) or (Final(),)
+        seed = self.seed if start is None or start.numel() == 0 else int(start[0, 0])
         board = Scoreboard(model, defenses, x, y, pending)
         runs, findings = [], []
         for d, readout in enumerate(targets):
             rows = board.pending(d) if defenses else torch.ones_like(y, dtype=torch.bool)
             x_adv = x.clone()
             if rows.any():
-                x_adv[rows], found = self._attack(model, readout, path, x[rows], y[rows])
+                x_adv[rows], found = self._attack(model, readout, path, x[rows], y[rows], seed)
                 findings.extend(f for f in found if f not in findings)
             runs.append(x_adv)
         everyone = torch.arange(len(y), device=y.device)
@@ -124,21 +131,22 @@ class AutoAttackBridge:
         return result
 
     def _attack(self, model: Classifier, readout: Readout, path: GradientPath, x: Tensor,
-                y: Tensor) -> tuple[Tensor, list[str]]:
+                y: Tensor, seed: int) -> tuple[Tensor, list[str]]:
         if self.eps == 0:
             return x.clone(), []
-        runner = self._runner(StraightThrough(model, readout, path), model.num_classes, x.device)
+        runner = self._runner(StraightThrough(model, readout, path), model.num_classes, x.device,
+                              seed)
         with _captured_findings() as findings:
             x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv.detach().to(x.dtype), findings
 
-    def _runner(self, target: StraightThrough, num_classes: int,
-                device: torch.device) -> AutoAttack:
+    def _runner(self, target: StraightThrough, num_classes: int, device: torch.device,
+                seed: int) -> AutoAttack:
         norm = _NORMS[self.norm]
         targets = max(1, min(self.target_classes, num_classes - 1))
         runner = AutoAttack(target, attacks=list(self.attacks), device=device, eps=self.eps,
-                            norm=norm, seed=self.seed, version="custom")
-        common = dict(norm=norm, eps=self.eps, seed=self.seed, device=device, verbose=False)
+                            norm=norm, seed=seed, version="custom")
+        common = dict(norm=norm, eps=self.eps, seed=seed, device=device, verbose=False)
         runner.apgd = APGDAttack(target, n_iter=self.apgd_iterations, n_restarts=self.restarts,
                                  logger=runner.logger, **common)
         runner.apgd_targeted = APGDAttack_targeted(

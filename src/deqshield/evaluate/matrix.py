@@ -11,7 +11,7 @@ make the weak ones cheap.
 Attacks act per sample, and their randomness (PGD's random starts) is drawn once per column
 for every sample, not per batch (each column from its own seed), so an early-exit run gives
 the same per-sample verdicts as the exhaustive one; AutoAttack draws its own randomness per
-batch (equal in distribution).
+batch (equal in distribution), from a seed drawn per column as well.
 Under ``torchrun`` each process attacks its shard of the samples
 (:mod:`deqshield.sharding`) and every column's outcomes are merged.
 Progress shows two bars: the columns done (no ETA: their costs differ by orders of magnitude,
