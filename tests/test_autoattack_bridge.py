@@ -91,6 +91,9 @@ def test_seed_per_column_from_the_generator(setup):
     assert not torch.equal(example(torch.tensor([[11, 0, 0]])), example(torch.tensor([[12, 0, 0]])))
     torch.testing.assert_close(example(None), example(torch.tensor([[bridge.seed, 1, 2]])),
                                rtol=0, atol=0)
+    drawn = bridge.run(model, FinalState(), x, y, defenses=(Final(),),
+                       generator=torch.Generator().manual_seed(5)).x_adv
+    torch.testing.assert_close(drawn, example(seeds), rtol=0, atol=0)
 
 
 def test_settings_are_validated():

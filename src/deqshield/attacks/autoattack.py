@@ -107,11 +107,14 @@ class AutoAttackBridge:
         run against the first. AutoAttack keeps the best example over its iterates and restarts
         itself; every defense then scores every run, and a defense no run breaks keeps its own
         run's example as witness. ``start``: this batch's rows of :meth:`starts` (AutoAttack
-        is seeded with the first; with None, ``seed``)."""
+        is seeded with the first; drawn here from ``generator`` if None; without either,
+        ``seed``)."""
         check_range(x, BOUNDS)
         check_labels(y, x.shape[0], model.num_classes)
         x = x.detach()
         targets = tuple(defenses) or (Final(),)
+        if start is None:
+            start = self.starts(x, generator)
         seed = self.seed if start is None or start.numel() == 0 else int(start[0, 0])
         board = Scoreboard(model, defenses, x, y, pending)
         runs, findings = [], []
