@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -27,11 +28,13 @@ from deqshield.readouts import Early, Ensemble, Final
 from results_io import run_config, write_results
 
 READOUTS = {"final": Final(), "ensemble": Ensemble()}
+EARLY = re.compile(r"early\(index=(\d+)\)")
 
 
-def readout_named(label: str, early_index: int):
-    """The defense of a results.json label: final, ensemble or early(index=I)."""
-    return READOUTS.get(label) or Early(index=early_index)
+def readout_named(label: str):
+    """The defense of a results.json label: final, ensemble or early(index=I); None else."""
+    early = EARLY.fullmatch(label)
+    return Early(index=int(early.group(1))) if early else READOUTS.get(label)
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--defense", default="final",
-                        help="final, ensemble or early(index=I) (I is --depth)")
+                        help="final, ensemble or early(index=I), as results.json labels it")
     parser.add_argument("--depth", type=int, required=True,
                         help="the path: backpropagation through this many plain iterations")
     parser.add_argument("--seeds", type=int, default=4)
@@ -48,15 +51,18 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--out", type=Path, help="folder for apgd_redraws.json")
     args = parser.parse_args()
-    samples = sorted({i for check in args.checks
-                      for i in json.loads(check.read_text())["defenses"][args.defense]
-                      ["broken_robust"]})
+    readout = readout_named(args.defense)
+    if readout is None:
+        parser.error(f"--defense must be final, ensemble or early(index=I), got {args.defense!r}")
+    checks = [json.loads(check.read_text())["defenses"] for check in args.checks]
+    if any(args.defense not in check for check in checks):
+        parser.error(f"a --from file has no defense {args.defense!r}")
+    samples = sorted({i for check in checks for i in check[args.defense]["broken_robust"]})
     if not samples:
         parser.error(f"the checks broke no sample counted robust for {args.defense}")
     run = load_run(args.run, data_dir=args.data_dir)
     model = run.model.eval()
     x, y = materialize(run.test.subset(samples, "redrawn"))
-    readout = readout_named(args.defense, args.depth)
     path = UnrolledIntermediate(index=0, steps=args.depth, damping=1.0)
     union = torch.zeros(len(y), dtype=torch.bool)
     per_seed = {}
