@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from deqshield.attacks.autoattack import AutoAttackBridge
 from deqshield.evaluate.matrix import materialize
+from deqshield.evaluate.specs import defense_label
 from deqshield.io.runs import load_run
 from deqshield.paths.unrolled import UnrolledIntermediate
 from deqshield.readouts import Early, Ensemble, Final
 from results_io import run_config, write_results
 
-READOUTS = {"final": Final(), "ensemble": Ensemble()}
-EARLY = re.compile(r"early\(index=(\d+)\)")
-
-
-def readout_named(label: str):
-    """The defense of a results.json label: final, ensemble or early(index=I); None else."""
-    early = EARLY.fullmatch(label)
-    return Early(index=int(early.group(1))) if early else READOUTS.get(label)
 
 
 def main() -> None:
@@ -42,7 +34,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--defense", default="final",
-                        help="final, ensemble or early(index=I), as results.json labels it")
+                        help="final, ensemble or early(index=DEPTH), as results.json labels it")
     parser.add_argument("--depth", type=int, required=True,
                         help="the path: backpropagation through this many plain iterations")
     parser.add_argument("--seeds", type=int, default=4)
@@ -51,9 +43,10 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--out", type=Path, help="folder for apgd_redraws.json")
     args = parser.parse_args()
-    readout = readout_named(args.defense)
-    if readout is None:
-        parser.error(f"--defense must be final, ensemble or early(index=I), got {args.defense!r}")
+    readouts = {defense_label(r): r for r in (Final(), Ensemble(), Early(index=args.depth))}
+    if args.defense not in readouts:
+        parser.error(f"--defense must be one of {sorted(readouts)}, got {args.defense!r}")
+    readout = readouts[args.defense]
     checks = [json.loads(check.read_text())["defenses"] for check in args.checks]
     if any(args.defense not in check for check in checks):
         parser.error(f"a --from file has no defense {args.defense!r}")
