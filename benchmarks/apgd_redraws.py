@@ -28,7 +28,6 @@ from deqshield.readouts import Early, Ensemble, Final
 from results_io import run_config, write_results
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
